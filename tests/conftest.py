@@ -1,0 +1,81 @@
+"""Shared fixtures: a seeded simulator with three merchants, clients bound to it.
+
+Keys are generated at test time (session scope: RSA generation is the slow part).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+import pytest
+
+import wxpay
+from wxpay.models import BEIJING
+from wxpay.sim import SimOptions, Simulator, VirtualClock
+from wxpay.sim.keys import new_merchant
+
+INITIATOR = "1900000100"
+PARTICIPANTS = ("1900000101", "1900000102")
+APPID = "wxd678efh567hg6787"
+START = datetime(2026, 11, 26, 9, 0, 0, tzinfo=BEIJING)
+
+
+@pytest.fixture(scope="session")
+def merchant_pool():
+    """Key material for four merchants, generated once per session (the fourth is in certificate mode)."""
+    import random
+
+    rng = random.Random(42)
+    pool = [
+        new_merchant(m, APPID, rng=rng, fee_rate_bp=bp)
+        for m, bp in ((INITIATOR, 60), (PARTICIPANTS[0], 38), (PARTICIPANTS[1], 54))
+    ]
+    pool.append(new_merchant("1900000200", APPID, rng=rng, mode="certificate"))
+    return pool
+
+
+@pytest.fixture
+def sim(merchant_pool):
+    """A fresh simulator (fresh state, shared keys) at 2026-11-26 09:00 Beijing time."""
+    from copy import copy
+
+    simulator = Simulator([copy(m) for m in merchant_pool], options=SimOptions(seed=7), clock=VirtualClock(START))
+    for m in simulator.merchants.values():
+        m.platform_keys = list(m.platform_keys)
+    yield simulator
+    simulator.close()
+
+
+@pytest.fixture
+def initiator(sim):
+    return sim.merchants[INITIATOR]
+
+
+@pytest.fixture
+def client(sim, initiator):
+    """A sync client for the initiator, talking to the simulator through httpx.MockTransport."""
+    with wxpay.Client(transport=httpx.MockTransport(sim.handle), **initiator.client_kwargs()) as c:
+        yield c
+
+
+def combine_request(
+    number: str = "C20261126001", amounts=(12800, 3550), notify_url="https://merchant.example.com/notify"
+):
+    """A valid Native combine-order request: one sub order per participant."""
+    return wxpay.CombineNativeRequest(
+        combine_appid=APPID,
+        combine_mchid=INITIATOR,
+        combine_out_trade_no=number,
+        notify_url=notify_url,
+        sub_orders=[
+            {
+                "mchid": mchid,
+                "attach": f"cmb={number}",
+                "amount": {"total_amount": amount},
+                "out_trade_no": f"{number}S{i}",
+                "description": f"课程 {i}",
+            }
+            for i, (mchid, amount) in enumerate(zip(PARTICIPANTS * 5, amounts, strict=False), start=1)
+        ],
+    )
