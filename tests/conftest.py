@@ -15,6 +15,8 @@ from wxpay.models import BEIJING
 from wxpay.sim import SimOptions, Simulator, VirtualClock
 from wxpay.sim.keys import new_merchant
 
+pytest_plugins = ["tests.dbservers"]  # real PostgreSQL and MariaDB servers, started per session
+
 INITIATOR = "1900000100"
 PARTICIPANTS = ("1900000101", "1900000102")
 APPID = "wxd678efh567hg6787"
@@ -35,12 +37,32 @@ def merchant_pool():
     return pool
 
 
+class NotifyTransport(httpx.BaseTransport):
+    """Where the simulator's callbacks go in tests: loopback receivers over real HTTP; the
+    placeholder host merchant.example.com is acknowledged at once (no outbound network)."""
+
+    def __init__(self):
+        self.real = httpx.HTTPTransport()
+        self.acknowledged: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host in ("127.0.0.1", "localhost"):
+            return self.real.handle_request(request)
+        self.acknowledged.append(request)
+        return httpx.Response(204)
+
+
 @pytest.fixture
 def sim(merchant_pool):
     """A fresh simulator (fresh state, shared keys) at 2026-11-26 09:00 Beijing time."""
     from copy import copy
 
-    simulator = Simulator([copy(m) for m in merchant_pool], options=SimOptions(seed=7), clock=VirtualClock(START))
+    simulator = Simulator(
+        [copy(m) for m in merchant_pool],
+        options=SimOptions(seed=7),
+        clock=VirtualClock(START),
+        notify_transport=NotifyTransport(),
+    )
     for m in simulator.merchants.values():
         m.platform_keys = list(m.platform_keys)
     yield simulator
