@@ -11,7 +11,7 @@ import pytest
 
 import wxpay
 from tests.conftest import combine_request
-from wxpay.client import error_from_response
+from wxpay._operation import error_from_response
 from wxpay.errors import (
     ApiError,
     AuthenticationError,

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from wxpay.errors import UnexpectedResponseError
+from wxpay.errors import ApiError, UnexpectedResponseError, api_error_class
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -69,3 +69,22 @@ def parse_model(model: type[M]) -> Callable[[httpx.Response], M]:
 
 def parse_empty(response: httpx.Response) -> None:
     return None
+
+
+def error_from_response(response: httpx.Response) -> ApiError:
+    """The exception for a non-2xx answer, from its JSON envelope ``{code, message, detail}``."""
+    status = response.status_code
+    rid = request_id(response)
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return UnexpectedResponseError(
+            status, f"HTTP {status} with a non-JSON body", body_excerpt=response.text, request_id=rid
+        )
+    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
+        return UnexpectedResponseError(
+            status, f"HTTP {status} without an error code", body_excerpt=response.text, request_id=rid
+        )
+    code = body["code"]
+    detail = body.get("detail") if isinstance(body.get("detail"), dict) else None
+    return api_error_class(status, code)(status, code, str(body.get("message", "")), detail=detail, request_id=rid)

@@ -23,18 +23,11 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wxpay._operation import Operation, json_body, request_id
+from wxpay._operation import Operation, error_from_response, json_body
 from wxpay.auth import WechatPayAuth
 from wxpay.certificates import CERTIFICATES_PATH, parse_certificates
 from wxpay.combine import CombineOrders
-from wxpay.errors import (
-    ApiError,
-    ConfigurationError,
-    TransportError,
-    UnexpectedResponseError,
-    UnknownSerialError,
-    api_error_class,
-)
+from wxpay.errors import ConfigurationError, TransportError, UnknownSerialError
 from wxpay.signing import Signer, new_nonce
 from wxpay.verifying import Verifier
 
@@ -44,25 +37,6 @@ USER_AGENT = "wxpay-recon/0.1 (python; httpx)"
 CERTIFICATE_REFRESH_INTERVAL = 60.0  # seconds: at most one refresh a minute, so forged serials cannot flood us
 
 T = TypeVar("T")
-
-
-def error_from_response(response: httpx.Response) -> ApiError:
-    """The exception for a non-2xx answer, from its JSON envelope ``{code, message, detail}``."""
-    status = response.status_code
-    rid = request_id(response)
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        return UnexpectedResponseError(
-            status, f"HTTP {status} with a non-JSON body", body_excerpt=response.text, request_id=rid
-        )
-    if not isinstance(body, dict) or not isinstance(body.get("code"), str):
-        return UnexpectedResponseError(
-            status, f"HTTP {status} without an error code", body_excerpt=response.text, request_id=rid
-        )
-    code = body["code"]
-    detail = body.get("detail") if isinstance(body.get("detail"), dict) else None
-    return api_error_class(status, code)(status, code, str(body.get("message", "")), detail=detail, request_id=rid)
 
 
 class _BaseClient:

@@ -49,19 +49,20 @@ class HandlerApp:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         request = httpx.Request(scope["method"], url, headers=headers, content=body)
         response = await anyio.to_thread.run_sync(self._handle, request)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [
-                    (k.encode("latin-1"), v.encode("latin-1"))
-                    for k, v in response.headers.multi_items()
-                    if k.lower() != "content-length"
-                ]
-                + [(b"content-length", str(len(response.content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.content})
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.multi_items()
+            if k.lower() != "transfer-encoding"
+        ]  # uvicorn chunks a body without Content-Length itself
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        # bytes bodies are already in memory; iterator bodies (large bill files) stay streamed
+        chunks = iter([response.content]) if hasattr(response, "_content") else response.iter_raw()
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class BackgroundServer:

@@ -35,6 +35,7 @@ from wxpay.models import (
     validate_request,
 )
 from wxpay.signing import SCHEME, parse_authorization, request_message, response_message, sign
+from wxpay.sim.bills import BillDesk
 from wxpay.sim.clock import VirtualClock
 from wxpay.sim.faults import Faults
 from wxpay.sim.keys import SimMerchant, _rsa, new_merchant, public_pem, rotate_platform_key
@@ -78,6 +79,7 @@ _ADMIN: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/sim/deliveries"), "_admin_deliveries"),
     ("POST", re.compile(r"/sim/deliver"), "_admin_deliver"),
     ("GET", re.compile(r"/sim/merchants"), "_admin_merchants"),
+    ("POST", re.compile(r"/sim/bills/publish"), "_admin_publish_bill"),
 ]
 
 
@@ -113,6 +115,7 @@ class Simulator:
         self._extra_routes: list[tuple[str, re.Pattern[str], Callable[..., httpx.Response]]] = []
         for merchant in merchants:
             self.add_merchant(merchant)
+        self.bills = BillDesk(self).install()
 
     @classmethod
     def with_merchants(
@@ -161,10 +164,10 @@ class Simulator:
                     match = pattern.fullmatch(path)
                     if match and method == request.method:
                         return getattr(self, name)(request, merchant, **match.groupdict())
-                for method, pattern, handler in self._extra_routes:
-                    match = pattern.fullmatch(path)
-                    if match and method == request.method:
-                        return handler(self, request, merchant, **match.groupdict())
+            for method, pattern, handler in self._extra_routes:  # they take the lock themselves if needed
+                match = pattern.fullmatch(path)
+                if match and method == request.method:
+                    return handler(self, request, merchant, **match.groupdict())
             raise SimApiError(404, "NOT_FOUND", f"no such API: {request.method} {path}")
         except SimApiError as exc:
             return self._error(exc, request)
@@ -495,6 +498,18 @@ class Simulator:
 
     def _admin_deliver(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"attempts": len(self.deliver_due())}
+
+    def _admin_publish_bill(self, body: dict[str, Any]) -> dict[str, Any]:
+        from datetime import date
+
+        self.bills.publish_file(
+            body["mchid"],
+            date.fromisoformat(body["bill_date"]),
+            body["path"],
+            body["sha1"],
+            body.get("bill_type", "ALL"),
+        )
+        return {"ok": True}
 
     def _admin_merchants(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         return [

@@ -1,0 +1,159 @@
+"""A simulated day into the warehouse over real loopback HTTP: apply, download, archive, load."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import date, datetime, timedelta
+
+import pytest
+
+import wxpay
+from flows.archive import BillArchive
+from flows.ingest import ingest_bill
+from flows.warehouse import connect, migrate
+from tests.conftest import INITIATOR, PARTICIPANTS, combine_request
+from wxpay.bills import BillRequest
+from wxpay.models import BEIJING
+from wxpay.sim import serve
+
+DAY = date(2026, 11, 26)
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    con = connect(tmp_path / "warehouse.duckdb")
+    migrate(con)
+    yield con
+    con.close()
+
+
+@pytest.fixture
+def served(sim, client):
+    """A day: two paid combine orders, a refund, an unpaid order, one order paid 00:01 the next day."""
+    for number, amounts in (("C20261126001", (12800, 3550)), ("C20261126002", (999, 1))):
+        client.combine.create_native(combine_request(number, amounts))
+        sim.pay(INITIATOR, number)
+    client.combine.create_native(combine_request("C20261126003", (500, 700)))
+    sim.refund(PARTICIPANTS[0], "C20261126001S1", 2000)
+    sim.clock.set(datetime(2026, 11, 26, 23, 58, tzinfo=BEIJING))
+    client.combine.create_native(combine_request("C20261126004", (4200, 4300)))
+    sim.advance(timedelta(minutes=3))
+    sim.pay(INITIATOR, "C20261126004")
+    sim.clock.set(datetime(2026, 11, 28, 10, tzinfo=BEIJING))
+    with serve(sim) as server:
+        yield sim, server.url
+
+
+def merchant_client(sim, url, mchid):
+    return wxpay.Client(base_url=url, **sim.merchants[mchid].client_kwargs())
+
+
+def totals(con, mchid, day):
+    return con.execute(
+        "select count(*), sum(order_amount_fen), sum(refund_amount_fen), sum(fee_millifen) from raw.trade_bill_rows"
+        " where bill_mchid = ? and bill_date = ?",
+        [mchid, day],
+    ).fetchone()
+
+
+def summary(con, mchid, day):
+    return con.execute(
+        "select row_count, order_amount_fen, refund_amount_fen, fee_millifen from raw.trade_bill_summaries"
+        " where bill_mchid = ? and bill_date = ?",
+        [mchid, day],
+    ).fetchone()
+
+
+def test_a_day_round_trips_with_exact_fen_totals(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    for mchid in PARTICIPANTS:
+        with merchant_client(sim, url, mchid) as c:
+            for day in (DAY, DAY + timedelta(days=1)):
+                result = ingest_bill(warehouse, c, archive, BillRequest.trade(day))
+                assert result.outcome == "loaded"
+                assert result.downloaded
+                assert totals(warehouse, mchid, day) == summary(warehouse, mchid, day)
+
+    # participant 0 at 0.38 %: 12800 and 999 paid on 11-26, 2000 refunded; 4200 paid at 00:01 on 11-27
+    assert totals(warehouse, PARTICIPANTS[0], DAY) == (3, 12800 + 999, 2000, (49 + 4 - 8) * 1000)
+    assert totals(warehouse, PARTICIPANTS[0], DAY + timedelta(days=1)) == (1, 4200, 0, 16 * 1000)
+    # participant 1 at 0.54 %: 3550 → 19.17 → 19 fen; 1 → 0
+    assert totals(warehouse, PARTICIPANTS[1], DAY) == (2, 3550 + 1, 0, 19 * 1000)
+    crossed = warehouse.execute(
+        "select bill_date, trade_time from raw.trade_bill_rows where out_trade_no = 'C20261126004S1'"
+    ).fetchall()
+    assert crossed == [(DAY + timedelta(days=1), datetime(2026, 11, 27, 0, 1, tzinfo=BEIJING))]
+    assert crossed[0][1].utcoffset() is not None  # timezone-aware instants
+
+    lineage = warehouse.execute(
+        "select distinct archive_sha1 from raw.trade_bill_rows where bill_mchid = ? and bill_date = ?",
+        [PARTICIPANTS[0], DAY],
+    ).fetchall()
+    stored = archive.latest(PARTICIPANTS[0], "trade_all", DAY)
+    assert lineage == [(stored.sha1,)]
+    assert stored.path.name == f"{stored.sha1}.csv.gz"
+    assert stored.metadata()["parser_version"]
+    assert stored.metadata()["loaded_rows"] == 3
+
+
+def test_running_a_day_again_replaces_it_and_reuses_the_archive(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        first = ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+        again = ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+    assert first.downloaded
+    assert not again.downloaded
+    assert totals(warehouse, PARTICIPANTS[0], DAY)[0] == 3
+    assert len(archive.files(PARTICIPANTS[0], "trade_all", DAY)) == 1
+
+
+def test_a_changed_bill_for_the_same_day_is_kept_beside_the_old_one(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+        sim.refund(PARTICIPANTS[0], "C20261126002S1", 100)  # submitted "now": on 11-28, so move it back
+        sim.ledger.find_sub(PARTICIPANTS[0], "C20261126002S1")[1].refunds[-1].submitted_at = datetime(
+            2026, 11, 26, 18, tzinfo=BEIJING
+        )
+        ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+    files = archive.files(PARTICIPANTS[0], "trade_all", DAY)
+    assert len(files) == 2
+    assert files[0].sha1 != files[1].sha1
+    assert totals(warehouse, PARTICIPANTS[0], DAY)[0] == 4  # replaced by the new file, not added to
+    for f in files:
+        assert gzip.decompress(f.path.read_bytes()).startswith(b"\xef\xbb\xbf")
+
+
+def test_a_hash_mismatch_loads_nothing_and_archives_nothing(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    sim.faults.add("download", "corrupt")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c, pytest.raises(wxpay.BillHashMismatchError) as info:
+        ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+    assert info.value.expected != info.value.actual
+    assert totals(warehouse, PARTICIPANTS[0], DAY)[0] == 0
+    assert archive.files(PARTICIPANTS[0], "trade_all", DAY) == []
+
+
+def test_an_empty_day_is_recorded_as_such(served, warehouse, tmp_path):
+    sim, url = served
+    with merchant_client(sim, url, PARTICIPANTS[1]) as c:
+        result = ingest_bill(warehouse, c, BillArchive(tmp_path / "a"), BillRequest.trade(DAY - timedelta(days=1)))
+    assert result.outcome == "no_statement"
+    assert warehouse.execute("select outcome from raw.bill_fetches").fetchall() == [("no_statement",)]
+
+
+def test_fund_flow_bill(served, warehouse, tmp_path):
+    sim, url = served
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        result = ingest_bill(warehouse, c, BillArchive(tmp_path / "a"), BillRequest.fundflow(DAY))
+    assert result.load.row_count == 3
+    income, expense = warehouse.execute(
+        "select sum(amount_fen) filter (where direction = '收入'), sum(amount_fen) filter (where direction = '支出')"
+        " from raw.fund_flow_rows"
+    ).fetchone()
+    assert income == (12800 - 49) + (999 - 4)
+    assert expense == 2000 - 8
