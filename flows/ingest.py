@@ -5,6 +5,11 @@ and downloads inside the URL lifetime (:func:`wxpay.bills.fetch_bill`), keeps th
 file in the :class:`~flows.archive.BillArchive` under its SHA1 (a file already archived with
 that digest is not downloaded again; the load verifies it anyway), loads it with :func:`flows.warehouse.load_bill` (one
 transaction per day: a reload replaces) and records the outcome in ``raw.bill_fetches``.
+:func:`ingest_bill` loads while the bill downloads: the download's verified, decompressed
+bytes go straight to the loader (:func:`flows.warehouse.load_bill_stream`), which commits only
+after the digest matched and the file is in the archive. A bill fetched first and loaded later
+(:func:`fetch_to_archive`, :func:`load_archived`) carries the download's :class:`~wxpay.bills.BillProof`,
+so the load does not hash it a second time.
 A day without trades (``NO_STATEMENT_EXIST``) is recorded as ``no_statement``; "not ready yet"
 and every other failure propagate as the :mod:`wxpay` exceptions they are.
 """
@@ -12,16 +17,42 @@ and every other failure propagate as the :mod:`wxpay` exceptions they are.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import duckdb
 
 from flows.archive import ArchivedBill, BillArchive
-from flows.warehouse import PARSER_VERSION, LoadResult, load_bill
-from wxpay.bills import DEFAULT_URL_LIFETIME, BillApplication, BillRequest, fetch_bill
+from flows.warehouse import PARSER_VERSION, LoadResult, load_bill, load_bill_stream
+from wxpay.bills import (
+    DEFAULT_URL_LIFETIME,
+    BillApplication,
+    BillProof,
+    BillRequest,
+    DownloadedBill,
+    download,
+    fetch_bill,
+)
 from wxpay.client import Client
-from wxpay.errors import NoStatementError
+from wxpay.errors import BillDownloadError, BillTruncatedError, NoStatementError, TransportError
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A verified bill in the archive, or a legitimate empty day (``archived`` None)."""
+
+    mchid: str
+    bill_type: str
+    bill_date: date
+    archived: ArchivedBill | None
+    downloaded: bool = False  # False when the archive already held this exact file
+    attempts: int = 0
+    proof: BillProof | None = None  # what the download verified (None for a file already archived)
+
+    @property
+    def outcome(self) -> str:
+        return "loaded" if self.archived else "no_statement"
 
 
 @dataclass(frozen=True)
@@ -32,7 +63,7 @@ class IngestResult:
     outcome: str  # loaded | no_statement
     archived: ArchivedBill | None = None
     load: LoadResult | None = None
-    downloaded: bool = False  # False when the archive already held this exact file
+    downloaded: bool = False
     attempts: int = 0
 
 
@@ -56,8 +87,7 @@ def record_bill_fetch(
     )
 
 
-def ingest_bill(
-    con: duckdb.DuckDBPyConnection,
+def fetch_to_archive(
     client: Client,
     archive: BillArchive,
     request: BillRequest,
@@ -65,16 +95,18 @@ def ingest_bill(
     url_lifetime: float = DEFAULT_URL_LIFETIME,
     max_attempts: int = 3,
     on_progress: Callable[[int], None] | None = None,
-) -> IngestResult:
-    """Fetch ``request``'s bill for ``client``'s merchant, archive it, load it; see the module docstring."""
-    mchid = client.mchid
-    label = request.label
+) -> Fetched:
+    """Apply and download ``request``'s bill for ``client``'s merchant into the archive (no database work).
+
+    ``NO_STATEMENT_EXIST`` gives a :class:`Fetched` without a file; other failures raise.
+    """
     found: dict[str, ArchivedBill] = {}
 
     def target(application: BillApplication):
-        bill = archive.target(mchid, label, request.bill_date, application.hash_value, gzip=request.gzip)
-        found["bill"] = bill
-        return bill.path
+        found["bill"] = archive.target(
+            client.mchid, request.label, request.bill_date, application.hash_value, gzip=request.gzip
+        )
+        return found["bill"].path
 
     try:
         fetched = fetch_bill(
@@ -86,9 +118,8 @@ def ingest_bill(
             on_progress=on_progress,
             reuse_existing=True,
         )
-    except NoStatementError as exc:
-        record_bill_fetch(con, mchid, label, request.bill_date, "no_statement", detail=exc.message)
-        return IngestResult(mchid, label, request.bill_date, "no_statement")
+    except NoStatementError:
+        return Fetched(client.mchid, request.label, request.bill_date, None)
     bill = found["bill"]
     if not fetched.reused:
         archive.record(
@@ -97,15 +128,110 @@ def ingest_bill(
             decompressed_size=fetched.decompressed_size,
             downloaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+    return Fetched(
+        client.mchid, request.label, request.bill_date, bill, not fetched.reused, fetched.attempts, fetched.proof
+    )
+
+
+def load_archived(con: duckdb.DuckDBPyConnection, archive: BillArchive, fetched: Fetched) -> IngestResult:
+    """Load a fetched bill (one transaction for its day) and record the outcome in ``raw.bill_fetches``."""
+    if fetched.archived is None:
+        record_bill_fetch(
+            con,
+            fetched.mchid,
+            fetched.bill_type,
+            fetched.bill_date,
+            "no_statement",
+            detail="NO_STATEMENT_EXIST: no trades that day",
+        )
+        return IngestResult(fetched.mchid, fetched.bill_type, fetched.bill_date, "no_statement")
+    bill = fetched.archived
     result = load_bill(
         con,
         bill.path,
-        mchid=mchid,
-        bill_date=request.bill_date,
-        bill_type=label,
+        mchid=fetched.mchid,
+        bill_date=fetched.bill_date,
+        bill_type=fetched.bill_type,
         archive_sha1=bill.sha1,
         source_label=str(bill.path.relative_to(archive.root)),
+        proof=fetched.proof,
     )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
-    record_bill_fetch(con, mchid, label, request.bill_date, "loaded", archive_sha1=bill.sha1)
-    return IngestResult(mchid, label, request.bill_date, "loaded", bill, result, not fetched.reused, fetched.attempts)
+    record_bill_fetch(con, fetched.mchid, fetched.bill_type, fetched.bill_date, "loaded", archive_sha1=bill.sha1)
+    return IngestResult(
+        fetched.mchid,
+        fetched.bill_type,
+        fetched.bill_date,
+        "loaded",
+        bill,
+        result,
+        fetched.downloaded,
+        fetched.attempts,
+    )
+
+
+def ingest_bill(
+    con: duckdb.DuckDBPyConnection,
+    client: Client,
+    archive: BillArchive,
+    request: BillRequest,
+    *,
+    url_lifetime: float = DEFAULT_URL_LIFETIME,
+    max_attempts: int = 3,
+    on_progress: Callable[[int], None] | None = None,
+    staging_dir: str | Path | None = None,
+) -> IngestResult:
+    """Fetch ``request``'s bill into the archive and load it while it downloads; see the module docstring.
+
+    The first attempt streams: the bytes the download inflates and hashes are staged (under
+    ``staging_dir``) and loaded as they arrive; the load commits only once the download has
+    verified the SHA1 and renamed the file into the archive. If that attempt breaks off (URL
+    expired, transfer broken, gzip cut short) the load is rolled back and the remaining
+    ``max_attempts - 1`` go the plain way: :func:`fetch_to_archive`, then :func:`load_archived`.
+    A file already archived under the announced digest is loaded (and verified) from there.
+    """
+    mchid, label, day = client.mchid, request.label, request.bill_date
+    try:
+        application = client.send(request.operation())
+    except NoStatementError:
+        return load_archived(con, archive, Fetched(mchid, label, day, None))
+    bill = archive.target(mchid, label, day, application.hash_value, gzip=request.gzip)
+    if bill.path.exists():
+        return load_archived(con, archive, Fetched(mchid, label, day, bill, False, 1))
+    downloaded: list[DownloadedBill] = []
+
+    def produce(feed: Callable[[bytes], None]) -> str:
+        got = download(client.http, application, bill.path, gzip=request.gzip, on_progress=on_progress, tee=feed)
+        downloaded.append(got)
+        return got.sha1
+
+    try:
+        result = load_bill_stream(
+            con,
+            produce,
+            path=bill.path,
+            mchid=mchid,
+            bill_date=day,
+            bill_type=label,
+            archive_sha1=bill.sha1,
+            source_label=str(bill.path.relative_to(archive.root)),
+            staging_dir=staging_dir,
+        )
+    except (BillDownloadError, BillTruncatedError, TransportError):
+        if downloaded or max_attempts <= 1:
+            raise
+        fetched = fetch_to_archive(
+            client, archive, request, url_lifetime=url_lifetime, max_attempts=max_attempts - 1, on_progress=on_progress
+        )
+        return load_archived(con, archive, replace(fetched, attempts=fetched.attempts + 1))
+    finally:
+        if downloaded:
+            archive.record(
+                bill,
+                size=downloaded[0].size,
+                decompressed_size=downloaded[0].decompressed_size,
+                downloaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
+    archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
+    record_bill_fetch(con, mchid, label, day, "loaded", archive_sha1=bill.sha1)
+    return IngestResult(mchid, label, day, "loaded", bill, result, True, 1)

@@ -34,7 +34,11 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 from isal import igzip, isal_zlib
 
 from wxpay.billfile import (
@@ -62,6 +67,7 @@ from wxpay.billfile import (
     parse_header,
     parse_summary,
 )
+from wxpay.bills import BillProof
 from wxpay.errors import BillFormatError, BillHashMismatchError, BillSummaryMismatchError, BillTruncatedError
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "LoadResult",
     "connect",
     "load_bill",
+    "load_bill_stream",
     "migrate",
     "run_checks",
     "run_models",
@@ -221,6 +228,8 @@ class LoadResult:
     absent_columns: tuple[str, ...]
     extra_summary_columns: tuple[str, ...]
     seconds: float
+    loader: str = "streamed"
+    """``streamed`` (staged parts, one regex per row) or ``exact`` (the exact path loaded it)."""
 
 
 def _quote(text: str) -> str:
@@ -258,7 +267,10 @@ def _chunks(path: Path, gz: bool) -> Iterator[bytes]:
         inflater = isal_zlib.decompressobj(31)
         while chunk := f.read(1 << 20):
             while chunk:
-                yield inflater.decompress(chunk)
+                try:
+                    yield inflater.decompress(chunk)
+                except isal_zlib.error as exc:
+                    raise BillTruncatedError(f"{path.name}: the gzip stream is corrupt: {exc}") from None
                 chunk = b""
                 if inflater.eof and inflater.unused_data:
                     chunk, inflater = inflater.unused_data, isal_zlib.decompressobj(31)
@@ -323,7 +335,532 @@ def _as_date(value: date | str) -> date:
     return value if isinstance(value, date) else date.fromisoformat(value)
 
 
+PART_LINES = 122_880
+"""Lines per staged part file: one DuckDB row group (about 34 MB of a trade bill). Each part
+becomes whole row groups that DuckDB compresses and writes once while the transaction is
+open; parts of fewer rows were written again at the checkpoint (1M rows in 16 MB parts: 1.4x
+the CPU and a file twice the size, see ``bench/README.md``)."""
+_BLOCK = 1 << 20
+_MAX_STAGED = 1 << 30
+"""Staged bytes not yet loaded at which the producer waits for the loader (page cache, not RSS)."""
+
+
+class _UseExactPath(Exception):
+    """The streamed path met something other than a clean bill: the exact path names it."""
+
+
+class _Cancelled(Exception):
+    """The loader gave up; the producer stops at its next piece."""
+
+
+@dataclass
+class _Part:
+    path: Path
+    first_line: int
+    """The bill line number of the part's first line."""
+    lines: int = 0
+    size: int = 0
+
+
+def _after_newline(data: bytes | bytearray, start: int, n: int) -> int:
+    """The offset just after the ``n``-th line end of ``data`` from ``start`` (there are at least ``n``)."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8)[start:] == 10)
+    return start + int(ends[n - 1]) + 1
+
+
+class _Staging:
+    """The decompressed bill, cut into plain CSV part files of :data:`PART_LINES` lines as it streams in.
+
+    Producer side (one thread): :meth:`feed` the decompressed pieces in order, then
+    :meth:`finish` (or :meth:`fail`). Loader side: :meth:`header` waits for line 1; :meth:`take`
+    waits for finished parts and hands over all of them, ``[]`` once everything was taken.
+    Line 1 (the header) is kept apart; the summary block (the last two non-empty lines) is cut
+    off the end into :attr:`summary_lines`, so a finished part is handed over only once the
+    next one holds a few lines; ``body_lines`` counts the lines handed over.
+    """
+
+    def __init__(self, folder: Path, part_lines: int = PART_LINES):
+        self.folder = folder
+        self.part_lines = part_lines
+        self.size = 0
+        self.body_lines = 0
+        self.summary_lines: list[bytes] | None = None
+        """``None`` when the stream has no two lines after the header that can be the summary."""
+        self._cond = threading.Condition()
+        self._ready: list[_Part] = []
+        self._staged = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._stop: str | None = None  # "drain": verify on, stage nothing; "cancel": the producer stops
+        self._header: bytes | None = None
+        self._head = bytearray()
+        self._block = bytearray()
+        self._tail = b""  # the last bytes of the body: the summary block is in there
+        self._body = 0  # body bytes staged so far
+        self._part: _Part | None = None
+        self._held: _Part | None = None  # finished, handed over once the next part has a few lines
+        self._fd: int | None = None
+        self._next_line = 2
+        self._count = 0
+
+    # --- producer side ---------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._stop is not None:
+            if self._stop == "cancel":
+                raise _Cancelled
+            self.size += len(data)
+            return
+        self.size += len(data)
+        if self._header is None:
+            self._head += data
+            end = self._head.find(b"\n")
+            if end < 0 and len(self._head) <= _BLOCK:
+                return
+            end = len(self._head) - 1 if end < 0 else end
+            with self._cond:
+                self._header = bytes(self._head[: end + 1])
+                self._cond.notify_all()
+            data = bytes(self._head[end + 1 :])
+            self._head = bytearray()
+        if not self._block and len(data) >= _BLOCK:
+            self._write(data)
+            return
+        self._block += data
+        if len(self._block) >= _BLOCK:
+            block, self._block = self._block, bytearray()
+            self._write(block)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        """Stage ``data``, starting a new part after every :attr:`part_lines` lines."""
+        self._tail = bytes(data[-_BLOCK:]) if len(data) >= _BLOCK else (self._tail + data)[-_BLOCK:]
+        if self._part is None:
+            self._open()
+        assert self._part is not None
+        start, newlines = 0, data.count(b"\n")
+        while newlines >= (need := self.part_lines - self._part.lines):
+            cut = _after_newline(data, start, need)
+            self._append(data, start, cut, need)
+            self._close()
+            self._open()
+            start, newlines = cut, newlines - need
+        if start < len(data):
+            self._append(data, start, len(data), newlines)
+        if self._held is not None and self._part.lines >= 3 and self._part.size >= 1 << 16:
+            # the summary block (two short lines, maybe blank lines after them) is not in the held part
+            self._publish(self._held)
+            self._held = None
+
+    def _append(self, data: bytes | bytearray, start: int, end: int, lines: int) -> None:
+        assert self._part is not None
+        assert self._fd is not None
+        view = memoryview(data)[start:end]
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._part.size += end - start
+        self._part.lines += lines
+        self._body += end - start
+
+    def _open(self) -> None:
+        self._count += 1
+        path = self.folder / f"part{self._count:05d}.csv"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._part = _Part(path, self._next_line)
+
+    def _close(self) -> None:
+        assert self._part is not None
+        assert self._fd is not None
+        os.close(self._fd)
+        part, self._fd, self._part = self._part, None, None
+        self._next_line = part.first_line + part.lines
+        if self._held is not None:
+            self._publish(self._held)
+        self._held = part
+
+    def _publish(self, part: _Part) -> None:
+        self.body_lines += part.lines
+        if not part.size:
+            return
+        with self._cond:
+            self._ready.append(part)
+            self._staged += part.size
+            self._cond.notify_all()
+            while self._staged > _MAX_STAGED and self._stop is None:
+                self._cond.wait()
+
+    def finish(self) -> None:
+        """The stream is complete: cut the summary block off the end and hand the last parts over."""
+        if self._stop == "cancel":
+            raise _Cancelled
+        if self._stop is not None:  # draining: nothing more is staged
+            self._release()
+        else:
+            if self._header is None:  # a stream without a line end
+                with self._cond:
+                    self._header = bytes(self._head)
+            if self._block:
+                block, self._block = self._block, bytearray()
+                self._write(block)
+            if self._part is None:
+                self._open()
+            assert self._part is not None
+            assert self._fd is not None
+            os.close(self._fd)
+            self._fd = None
+            last, held, self._part, self._held = self._part, self._held, None, None
+            self._cut_summary(last, held)
+            for part in (held, last):
+                if part is not None:
+                    self._publish(part)
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def _cut_summary(self, last: _Part, held: _Part | None) -> None:
+        """Truncate the part(s) holding the last two non-empty lines; keep those as :attr:`summary_lines`."""
+        tail = self._tail
+        content = tail.rstrip(b"\r\n")
+        end = content.rfind(b"\n")
+        before = content.rfind(b"\n", 0, max(end, 0))
+        if end < 0 or (before < 0 and self._body != len(tail)):
+            return  # no summary block to be seen here: the exact path says what is wrong
+        start = self._body - len(tail) + before + 1  # where the summary block starts in the body
+        dropped = tail.count(b"\n", before + 1)
+        last_start = self._body - last.size
+        if start >= last_start:
+            os.truncate(last.path, start - last_start)
+            last.size, last.lines = start - last_start, last.lines - dropped
+        elif held is not None and start >= last_start - held.size:
+            keep = start - (last_start - held.size)
+            os.truncate(held.path, keep)
+            held.size, held.lines = keep, held.lines - (dropped - last.lines)
+            last.size = last.lines = 0
+        else:
+            return
+        self.summary_lines = [line.rstrip(b"\r") for line in (content[before + 1 : end], content[end + 1 :])]
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def fail(self, error: BaseException) -> None:
+        self._release()
+        with self._cond:
+            self._error = error
+            self._ended = True
+            self._cond.notify_all()
+
+    # --- loader side -------------------------------------------------------------------------
+    def header(self) -> bytes:
+        with self._cond:
+            while self._header is None and self._error is None:
+                self._cond.wait()
+            if self._header is None:
+                raise self._error  # type: ignore[misc]
+            return self._header
+
+    def take(self) -> list[_Part]:
+        """Every finished part not yet taken, waiting for one; ``[]`` when the stream has ended."""
+        with self._cond:
+            while not self._ready and not self._ended:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            parts, self._ready = self._ready, []
+            self._staged -= sum(p.size for p in parts)
+            self._cond.notify_all()
+            return parts
+
+    def stop(self, how: str) -> None:
+        with self._cond:
+            self._stop = how
+            self._cond.notify_all()
+
+
 def load_bill(
+    con: duckdb.DuckDBPyConnection,
+    path: str | Path,
+    *,
+    mchid: str,
+    bill_date: date | str,
+    bill_type: str,
+    archive_sha1: str,
+    source_label: str = "",
+    proof: BillProof | None = None,
+    staging_dir: str | Path | None = None,
+    _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> LoadResult:
+    """Load one bill file (gzip or plain, told by its magic bytes) into the ``raw`` tables.
+
+    ``bill_type``: ``trade_all | trade_success | trade_refund | fundflow_basic | fundflow_operation
+    | fundflow_fees`` (the archive's names; ``ALL``, ``BASIC``... are accepted and stored under
+    those names); the header must announce the matching layout. ``archive_sha1`` is the SHA-1
+    of the decompressed bill (WeChat Pay's ``hash_value``, under which the archive keeps it);
+    it is verified again here — unless ``proof`` says the download that wrote this file already
+    verified it — and kept on every row with the row's line number. All rows of (``mchid``,
+    ``bill_type``, ``bill_date``) are replaced in one transaction: a reload never doubles, and
+    any failure — a bad value (:class:`BillFormatError` naming file, line and field), a summary
+    that disagrees with the rows (:class:`BillSummaryMismatchError`), a hash mismatch, or an
+    exception from ``_after_insert`` (a test hook called after the insert) — leaves the
+    previous load of that day as it was. ``load_bill`` owns its transaction: call it on a
+    connection with no transaction open.
+
+    One pass reads the file (ISA-L inflate, SHA-1) and stages the text in part files under
+    ``staging_dir`` (default: the system temp directory) that DuckDB loads while the pass goes
+    on; see :func:`load_bill_stream`.
+    """
+    path = Path(path)
+    if proof is not None and proof.sha1.lower() != archive_sha1.lower():
+        raise ValueError(f"the proof is for {proof.sha1}, not for {archive_sha1}")
+    with path.open("rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+
+    def produce(feed: Callable[[bytes], None]) -> str:
+        digest = None if proof else hashlib.sha1()  # noqa: S324 - WeChat Pay's bill hash is SHA-1 (spec §5.3)
+        size = 0
+        for chunk in _chunks(path, gz):
+            if digest is not None:
+                digest.update(chunk)
+            size += len(chunk)
+            feed(chunk)
+        if proof is None:
+            assert digest is not None
+            return digest.hexdigest()
+        if size != proof.size:
+            raise BillHashMismatchError(
+                expected=archive_sha1,
+                actual=f"a file of {size} bytes (the verified one had {proof.size})",
+                source=path.name,
+            )
+        return proof.sha1.lower()
+
+    return load_bill_stream(
+        con,
+        produce,
+        path=path,
+        mchid=mchid,
+        bill_date=bill_date,
+        bill_type=bill_type,
+        archive_sha1=archive_sha1,
+        source_label=source_label,
+        staging_dir=staging_dir,
+        _after_insert=_after_insert,
+    )
+
+
+def load_bill_stream(
+    con: duckdb.DuckDBPyConnection,
+    produce: Callable[[Callable[[bytes], None]], str],
+    *,
+    path: str | Path,
+    mchid: str,
+    bill_date: date | str,
+    bill_type: str,
+    archive_sha1: str,
+    source_label: str = "",
+    staging_dir: str | Path | None = None,
+    part_lines: int = PART_LINES,
+    _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> LoadResult:
+    """:func:`load_bill` for a bill that is still arriving: load it while ``produce`` reads it.
+
+    ``produce(feed)`` runs in a thread of its own. It calls ``feed`` with the decompressed bill,
+    in order, in pieces of any size, and returns the SHA-1 hex digest of all of it (a download
+    returns the digest it verified, a file pass the one it computed), or raises — which rolls
+    the load back and is raised here. When it returns, the file is complete at ``path``.
+
+    The pieces are cut into plain CSV part files at line ends (:class:`_Staging`); each batch
+    of finished parts is inserted by one ``INSERT … SELECT`` over ``read_csv`` of each part,
+    numbered from the part's first line, so DuckDB works while the bill streams in and, at the
+    end, on both cores. Every typed value of a row is checked by one regular expression over
+    the row (the exact patterns of :mod:`wxpay.billfile`), then cast without rounding. The
+    transaction commits only after the digest matched ``archive_sha1`` and the summary block
+    matched the rows. Anything but a clean bill (a bad value, a line that does not fit the
+    header, an empty line, a missing summary block...) rolls back and, once ``produce`` has
+    finished, runs the exact path over the file at ``path``, whose errors name file, line and
+    field; a failure of ``produce`` itself (hash mismatch, truncated gzip, broken download)
+    wins over any of those.
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    name = path.name
+    bill_date = _as_date(bill_date)
+    bill_type = bill_type_label(bill_type)
+    kind = bill_kind_for_type(bill_type)
+    rows_table, summary_table = _TABLES[kind.is_trade]
+    key = [mchid, bill_type, bill_date]
+    folder = Path(tempfile.mkdtemp(prefix="wxbill-", dir=staging_dir))
+    staging = _Staging(folder, part_lines)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["sha1"] = produce(staging.feed)
+            staging.finish()
+        except BaseException as exc:  # handed to the loader, raised there
+            outcome["error"] = exc
+            staging.fail(exc)
+
+    def produced() -> str:
+        """Wait for the producer; raise what it raised."""
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["sha1"]
+
+    thread = threading.Thread(target=run, name="bill-stream", daemon=True)
+    thread.start()
+    try:
+        try:
+            first = staging.header()
+            try:
+                header = parse_header(first.decode("utf-8"), file=name, kind=kind)
+            except UnicodeDecodeError as exc:
+                raise BillFormatError(f"the header is not UTF-8 ({exc.reason})", file=name, line=1) from None
+        except BillFormatError:
+            staging.stop("drain")
+            produced()  # a broken download is the real cause
+            raise
+        try:
+            with _transaction(con):
+                replaced = con.execute(f"delete from {rows_table} where {_KEY}", key).fetchone()[0]  # noqa: S608
+                con.execute(f"delete from {summary_table} where {_KEY}", key)  # noqa: S608
+                con.execute("delete from raw.bill_loads where mchid = ? and bill_type = ? and bill_date = ?", key)
+                sql = _streamed_insert(header, rows_table)
+                row_count = 0
+                while parts := staging.take():
+                    row_count += _insert_parts(con, sql, parts, header, [*key, archive_sha1])
+                    for part in parts:
+                        part.path.unlink()
+                sha1 = produced()
+                if row_count != staging.body_lines or staging.summary_lines is None:
+                    raise _UseExactPath("rows and lines differ, or no summary block")
+                try:
+                    texts = [line.decode("utf-8") for line in staging.summary_lines]
+                    summary = parse_summary(texts[0], texts[1], kind=header.kind, file=name, line=row_count + 2)
+                except (UnicodeDecodeError, BillFormatError) as exc:
+                    raise _UseExactPath(str(exc)) from exc
+                _check_summary(con, rows_table, key, summary, name, row_count + 3)
+                _insert_summary(con, summary_table, [*key, archive_sha1, row_count + 2], summary)
+                con.execute(
+                    "insert into raw.bill_loads (mchid, bill_type, bill_date, archive_sha1, source_label,"
+                    " parser_version, row_count, header_titles, extra_columns, absent_columns, extra_summary_columns)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [*key, archive_sha1, source_label, PARSER_VERSION, row_count, list(header.titles),
+                     list(header.extra_columns), list(header.absent_columns), list(summary.extra)],
+                )  # fmt: skip
+                if _after_insert is not None:
+                    _after_insert(con)
+                if sha1 != archive_sha1.lower():
+                    raise BillHashMismatchError(expected=archive_sha1, actual=sha1, source=name)
+        except _UseExactPath:
+            staging.stop("drain")
+            produced()
+            return _load_exact(
+                con,
+                path,
+                mchid=mchid,
+                bill_date=bill_date,
+                bill_type=bill_type,
+                archive_sha1=archive_sha1,
+                source_label=source_label,
+                _after_insert=_after_insert,
+            )
+    except BaseException:
+        staging.stop("cancel")
+        thread.join()
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return LoadResult(
+        mchid=mchid,
+        bill_type=bill_type,
+        bill_date=bill_date,
+        kind=header.kind,
+        archive_sha1=archive_sha1,
+        source_label=source_label,
+        row_count=row_count,
+        replaced_rows=replaced,
+        summary=dict(summary.values),
+        extra_columns=header.extra_columns,
+        absent_columns=header.absent_columns,
+        extra_summary_columns=tuple(summary.extra),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+_SEPARATOR = r"\|"  # the values joined by "|" (no checked value can hold one)
+_FAST_PATTERN = {"yuan": YUAN_PATTERN, "fee": FEE_PATTERN, "time": TIME_PATTERN, "rate": RATE_PATTERN}
+
+
+def _fast_value(col: Column, v: str) -> str:
+    """SQL for ``col``'s value from ``v``, whose text the row check already matched: no rounding can happen."""
+    if col.kind == "yuan":  # exactly 2 decimals: DECIMAL(18,2) holds the text as is; beyond it the cast fails
+        return f"cast(cast({v} as decimal(18, 2)) * 100 as bigint)"
+    if col.kind == "fee":  # exactly 5 decimals, in milli-fen
+        return f"cast(cast({v} as decimal(18, 5)) * 100000 as bigint)"
+    if col.kind == "rate":
+        return f"cast(left({v}, -1) as decimal(7, 4))"
+    if col.kind == "time":  # Beijing wall time, +08:00 (no DST since 1991); 2025-02-30 fails the parse
+        return f"make_timestamptz(epoch_us(strptime({v}, '%Y-%m-%d %H:%M:%S')) - 28800000000)"
+    return v
+
+
+def _streamed_insert(header: BillHeader, table: str) -> str:
+    """The INSERT of the streamed path, with ``{parts}`` where the numbered part readers go.
+
+    ``ok`` is one regular expression over the row's typed values (and the first value's
+    backtick): one call per row instead of one per value. A row that fails it, or a cast that
+    fails, fails the statement; the exact path then finds and names the value.
+    """
+    checked, patterns = [], []
+    targets, exprs, extras = [], [], []
+    for i, (title, col) in enumerate(zip(header.titles, header.columns, strict=True)):
+        v = f"c{i:03d}"
+        pattern = _FAST_PATTERN.get(col.kind) if col is not None else None
+        if i == 0:  # it keeps its backtick (the delimiter strips all the others)
+            checked.append(v)
+            patterns.append("`" + (f"(?:{pattern})" if pattern else ".*") + ("?" if pattern and col.nullable else ""))
+            v = "nullif(substr(c000, 2), '')"
+        elif pattern:
+            checked.append(v)
+            patterns.append(f"(?:{pattern})" + ("?" if col.nullable else ""))
+        if col is None:
+            extras.append(f"{_quote(title)}, {v}")
+            continue
+        targets.append(col.name + ("_pct" if col.kind == "rate" else ""))
+        exprs.append(_fast_value(col, v))
+        if col.kind == "rate":
+            targets.append(col.name)
+            exprs.append(v)
+    if extras:
+        targets.append("extra_columns")
+        exprs.append(f"json_object({', '.join(extras)})")
+    joined = ", '|', ".join(checked)
+    ok = f"regexp_full_match(concat({joined}), {_quote(_SEPARATOR.join(patterns))})"
+    return (
+        f"insert into {table} (bill_mchid, bill_type, bill_date, archive_sha1, line_no, {', '.join(targets)})\n"  # noqa: S608
+        f"select ?, ?, ?, ?, if(ok, line_no, error('{_ERROR_TAG}: a value does not fit')), {', '.join(exprs)}\n"
+        f"from (select *, {ok} as ok from ({{parts}}))"
+    )
+
+
+def _insert_parts(con, sql: str, parts: list[_Part], header: BillHeader, lineage: list) -> int:
+    """Insert the rows of ``parts`` (one statement; DuckDB reads the parts side by side); return the row count."""
+    spec = ", ".join(f"'c{i:03d}': 'VARCHAR'" for i in range(len(header.titles)))
+    readers = " union all ".join(
+        f"select row_number() over () + {part.first_line - 1} as line_no, * from read_csv({_quote(str(part.path))},"  # noqa: S608
+        f" columns = {{{spec}}}, delim = ',`', quote = '', escape = '', header = false, auto_detect = false,"
+        f" new_line = {_quote(_NEWLINES[header.crlf])}, compression = 'none')"
+        for part in parts
+    )
+    try:
+        return con.execute(sql.replace("{parts}", readers), lineage).fetchone()[0]
+    except duckdb.Error as exc:
+        raise _UseExactPath(str(exc)) from exc
+
+
+def _load_exact(
     con: duckdb.DuckDBPyConnection,
     path: str | Path,
     *,
@@ -334,19 +871,12 @@ def load_bill(
     source_label: str = "",
     _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> LoadResult:
-    """Load one bill file (gzip or plain, told by its magic bytes) into the ``raw`` tables.
+    """The exact path: DuckDB reads the file itself, rejected lines are located byte by byte.
 
-    ``bill_type``: ``trade_all | trade_success | trade_refund | fundflow_basic | fundflow_operation
-    | fundflow_fees`` (the archive's names; ``ALL``, ``BASIC``... are accepted and stored under
-    those names); the header must announce the matching layout. ``archive_sha1`` is the SHA-1
-    of the decompressed bill (WeChat Pay's ``hash_value``, under which the archive keeps it);
-    it is verified again here and kept on every row with the row's line number. All rows of (``mchid``, ``bill_type``,
-    ``bill_date``) are replaced in one transaction: a reload never doubles, and any failure —
-    a bad value (:class:`BillFormatError` naming file, line and field), a summary that
-    disagrees with the rows (:class:`BillSummaryMismatchError`), a hash mismatch, or an
-    exception from ``_after_insert`` (a test hook called after the insert) — leaves the
-    previous load of that day as it was. ``load_bill`` owns its transaction: call it on a
-    connection with no transaction open.
+    What :func:`load_bill` ran before the streamed path existed, and what it still runs when
+    the streamed path meets anything but a clean bill: its errors name file, line and field
+    exactly (a value that does not fit, a line with the wrong number of values, an empty line,
+    bytes that are not UTF-8, a missing summary block). SHA-1 is checked in a parallel pass.
     """
     started = time.perf_counter()
     path = Path(path)
@@ -411,6 +941,7 @@ def load_bill(
         absent_columns=header.absent_columns,
         extra_summary_columns=tuple(summary.extra),
         seconds=round(time.perf_counter() - started, 3),
+        loader="exact",
     )
 
 

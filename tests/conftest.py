@@ -5,6 +5,8 @@ Keys are generated at test time (session scope: RSA generation is the slow part)
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import datetime
 
 import httpx
@@ -14,6 +16,16 @@ import wxpay
 from wxpay.models import BEIJING
 from wxpay.sim import SimOptions, Simulator, VirtualClock
 from wxpay.sim.keys import new_merchant
+
+# Prefect offline and quiet, with a private home (shared/notes/runtime.md §2); set before Prefect is imported.
+for _name, _value in (
+    ("PREFECT_HOME", tempfile.mkdtemp(prefix="wxrecon-prefect-")),
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("DO_NOT_TRACK", "1"),
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
+    ("PREFECT_LOGGING_LEVEL", "WARNING"),
+):
+    os.environ.setdefault(_name, _value)
 
 pytest_plugins = ["tests.dbservers"]  # real PostgreSQL and MariaDB servers, started per session
 
@@ -101,3 +113,16 @@ def combine_request(
             for i, (mchid, amount) in enumerate(zip(PARTICIPANTS * 5, amounts, strict=False), start=1)
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's own test harness (a temporary API server and database), shared by the flow tests."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
+        yield

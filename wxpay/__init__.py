@@ -53,7 +53,7 @@ from wxpay.models import (
     SubOrder,
     SubOrderRequest,
 )
-from wxpay.notify import Reply, failure_reply, parse_notification, success_reply
+from wxpay.notify import OpenedNotification, Reply, failure_reply, open_notification, parse_notification, success_reply
 from wxpay.signing import Signer, load_private_key
 from wxpay.verifying import Verifier, load_public_key
 
@@ -84,6 +84,7 @@ __all__ = [
     "MalformedNotificationError",
     "MissingSignatureError",
     "NoStatementError",
+    "OpenedNotification",
     "OrderClosedError",
     "OrderNotFoundError",
     "OrderPaidError",
@@ -112,6 +113,7 @@ __all__ = [
     "failure_reply",
     "load_private_key",
     "load_public_key",
+    "open_notification",
     "parse_notification",
     "success_reply",
 ]

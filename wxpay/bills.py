@@ -6,7 +6,9 @@ downloaded, gzip), decompressed and hashed in the same pass, so memory stays bou
 whatever the size of the bill. Only when the digest matches ``hash_value`` (compared in
 constant time) is the file renamed into place; a truncated gzip stream is an error, never a
 short bill. :func:`fetch_bill` applies, downloads, and applies again when the URL expired or
-the download broke, a bounded number of times.
+the download broke, a bounded number of times. A download hands on what it verified
+(:class:`BillProof`), so a loader need not inflate and hash the file a second time, and can
+``tee`` the decompressed bytes to a consumer (a loader working while the bill still arrives).
 
 Outcomes of an application are distinct: a :class:`BillApplication`, or
 :class:`~wxpay.errors.BillNotReadyError` (``STATEMENT_CREATING``: apply again later), or
@@ -106,17 +108,32 @@ class BillRequest:
         return Operation("GET", path, parse_model(BillApplication), params=params)
 
 
+@dataclass(frozen=True)
+class BillProof:
+    """What a download's single streaming pass established about a bill file.
+
+    ``sha1`` is the digest of the decompressed bytes, already compared with ``hash_value``;
+    ``size`` the number of decompressed bytes. A loader given a proof for the file it reads
+    need not hash it again (gzip's own CRC-32 still guards the bytes it inflates).
+    """
+
+    sha1: str
+    size: int
+
+
 class BillSink:
     """Sans-I/O receiver of a bill download: write as received, inflate and hash in one pass.
 
     ``feed`` each chunk, then ``finish`` to get the SHA1 of the decompressed bytes; a gzip
-    stream that stops before its end marker raises :class:`BillTruncatedError`.
+    stream that stops before its end marker raises :class:`BillTruncatedError`. ``tee``, if
+    given, is called with every decompressed piece, in order, right after it is hashed.
     """
 
-    def __init__(self, file, *, gzip: bool, source: str = ""):
+    def __init__(self, file, *, gzip: bool, source: str = "", tee: Callable[[bytes], None] | None = None):
         self._file = file
         self._gzip = gzip
         self._source = source
+        self._tee = tee
         self._sha1 = hashlib.sha1()  # noqa: S324 - the algorithm WeChat Pay publishes, for integrity
         self._inflate = _zlib.decompressobj(31) if gzip else None
         self.received = 0
@@ -145,6 +162,8 @@ class BillSink:
         if data:
             self._sha1.update(data)
             self.decompressed += len(data)
+            if self._tee is not None:
+                self._tee(data)
 
     def finish(self) -> str:
         if self._inflate is not None:
@@ -172,6 +191,11 @@ class DownloadedBill:
     attempts: int = 1
     reused: bool = False  # the file was already at ``dest``: not downloaded again (its loader re-verifies it)
 
+    @property
+    def proof(self) -> BillProof | None:
+        """What this download verified (``None`` for a reused file: nothing was verified now)."""
+        return None if self.reused else BillProof(self.sha1, self.decompressed_size)
+
 
 def _temp_beside(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
@@ -195,12 +219,15 @@ def download(
     *,
     gzip: bool = True,
     on_progress: Callable[[int], None] | None = None,
+    tee: Callable[[bytes], None] | None = None,
 ) -> DownloadedBill:
     """Stream ``application.download_url`` into ``dest`` and verify it; ``dest`` appears only if it matches.
 
     ``http`` must carry the merchant's :class:`~wxpay.auth.WechatPayAuth` (it signs the GET and
     refuses foreign hosts). Raises :class:`BillHashMismatchError`, :class:`BillTruncatedError`,
     :class:`BillDownloadError` (expired URL, broken transfer) or an :class:`ApiError`.
+    ``tee`` gets the decompressed bytes as they are verified (see :class:`BillSink`); it sees
+    the whole bill only if the download returns: anything it built must wait for that.
     """
     target = Path(dest)
     tmp = _temp_beside(target)
@@ -210,7 +237,7 @@ def download(
                 response.read()
                 raise _download_error(response)
             with tmp.open("wb") as handle:
-                sink = BillSink(handle, gzip=gzip, source=str(target))
+                sink = BillSink(handle, gzip=gzip, source=str(target), tee=tee)
                 for chunk in response.iter_bytes():
                     sink.feed(chunk)
                     if on_progress:
@@ -232,6 +259,7 @@ async def adownload(
     *,
     gzip: bool = True,
     on_progress: Callable[[int], None] | None = None,
+    tee: Callable[[bytes], None] | None = None,
 ) -> DownloadedBill:
     """:func:`download` for an :class:`httpx.AsyncClient` (file writes stay synchronous: they are local)."""
     target = Path(dest)
@@ -242,7 +270,7 @@ async def adownload(
                 await response.aread()
                 raise _download_error(response)
             with tmp.open("wb") as handle:
-                sink = BillSink(handle, gzip=gzip, source=str(target))
+                sink = BillSink(handle, gzip=gzip, source=str(target), tee=tee)
                 async for chunk in response.aiter_bytes():
                     sink.feed(chunk)
                     if on_progress:

@@ -155,6 +155,10 @@ class Verifier:
         kept = {s: k for s, k in self._keys.items() if s.startswith(PUBLIC_KEY_ID_PREFIX)}
         self._keys = {**kept, **certificates}
 
+    def public_keys(self) -> dict[str, rsa.RSAPublicKey]:
+        """A copy of the serial → key mapping (e.g. to hand certificates to another process as PEM)."""
+        return dict(self._keys)
+
     def knows(self, serial: str) -> bool:
         return serial in self._keys
 

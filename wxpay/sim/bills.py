@@ -65,6 +65,7 @@ class BillDesk:
         self.sim = sim
         self._issued: dict[str, IssuedBill] = {}
         self._files: dict[tuple[str, str, date], tuple[Path, str]] = {}
+        self._misprints: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def install(self) -> BillDesk:
@@ -77,6 +78,11 @@ class BillDesk:
         """Serve a pre-generated gzip bill (and its SHA1) for (mchid, bill_type, day) instead of ledger rows."""
         with self._lock:
             self._files[(mchid, bill_type, bill_date)] = (Path(path), sha1)
+
+    def misprint(self, mchid: str, out_trade_no: str, *, duplicate: bool = False, fee_millifen: int | None = None):
+        """Make the bill print a sub order's payment row wrong: twice, or with another fee (faults for tests)."""
+        with self._lock:
+            self._misprints[(mchid, out_trade_no)] = {"duplicate": duplicate, "fee_millifen": fee_millifen}
 
     # --- rows ----------------------------------------------------------------------------------
     def trade_rows(self, mchid: str, day: date) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -147,6 +153,12 @@ class BillDesk:
                                 "requested_refund_fen": refund.amount,
                             }
                         )
+        for row in list(payments):
+            misprint = self._misprints.get((mchid, row["out_trade_no"]))
+            if misprint and misprint["fee_millifen"] is not None:
+                row["fee_millifen"] = misprint["fee_millifen"]
+            if misprint and misprint["duplicate"]:
+                payments.append(dict(row))
         key = lambda row: (row["out_trade_no"], row["refund_id"])  # noqa: E731 - not chronological, like real files
         return sorted(payments, key=key), sorted(refunds, key=key)
 

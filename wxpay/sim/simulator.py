@@ -57,6 +57,10 @@ class SimOptions:
     sign_error_responses: bool = False  # whether 4xx/5xx carry signatures (unconfirmed #3)
     paid_close_code: str = "ORDER_PAID"  # close/re-create of a paid order (unconfirmed #11)
     notify_timeout: float = 5.0  # s the merchant has to answer a callback
+    # Which clock stamps callbacks' Wechatpay-Timestamp. "wall": real time, as WeChat Pay does. "business":
+    # the business clock, for a fully simulated world whose receiver verifies against that same clock
+    # (the demo, end-to-end tests of days in the past); API answers always carry wall-clock time.
+    callback_clock: str = "wall"
     auto_deliver: bool = True  # deliver due notifications as soon as an order is paid
     download_lifetime: float = 30.0  # s a bill download_url lives (unconfirmed #15: 30 s vs 5 min)
     bill_bom: bool = True  # UTF-8 BOM on bill files (unconfirmed #17)
@@ -214,13 +218,25 @@ class Simulator:
         return "".join(self.rng.choice("0123456789ABCDEF") for _ in range(44)) + "-0"
 
     def signed_headers(
-        self, merchant: SimMerchant, body: bytes, *, fault: str | None = None, requested_serial: str | None = None
+        self,
+        merchant: SimMerchant,
+        body: bytes,
+        *,
+        fault: str | None = None,
+        requested_serial: str | None = None,
+        callback: bool = False,
     ) -> tuple[dict[str, str], bytes]:
         """Wechatpay-* headers over ``body`` as ``merchant``'s WeChat Pay; faults bend them.
 
-        Returns the headers and the body to send (``tamper`` changes it after signing).
+        ``callback`` stamps the time by ``options.callback_clock``. Returns the headers and the
+        body to send (``tamper`` changes it after signing).
         """
-        timestamp = int(self.wall_clock()) - (600 if fault == "stale" else 0)
+        now = (
+            self.clock.now().timestamp()
+            if callback and self.options.callback_clock == "business"
+            else self.wall_clock()
+        )
+        timestamp = int(now) - (600 if fault == "stale" else 0)
         nonce = f"{self.rng.getrandbits(128):032x}"
         serial, key = merchant.signing_identity(requested_serial)
         if fault == "wrong_key":
@@ -430,7 +446,7 @@ class Simulator:
             copies = 2 if fault == "duplicate" else 1
             status, error = None, None
             for _ in range(copies):
-                headers, body = self.signed_headers(merchant, delivery.body, fault=fault)
+                headers, body = self.signed_headers(merchant, delivery.body, fault=fault, callback=True)
                 headers["Content-Type"] = "application/json"
                 try:
                     answer = self._notify_http.post(delivery.url, content=body, headers=headers)

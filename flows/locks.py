@@ -1,0 +1,80 @@
+"""Keeping runs apart: one nightly run per warehouse at a time, and patience with readers.
+
+DuckDB lets one process write a database file, and a process that has the file open (a
+notebook between two queries, say) blocks a writer from opening it. :func:`run_lock` makes a
+second run of the pipeline wait for the first (it then replaces what the first wrote, so
+nothing doubles); :func:`open_warehouse` retries while someone briefly holds the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from flows.warehouse import connect, migrate
+
+
+class RunInProgress(RuntimeError):
+    """Another run holds the warehouse and did not finish within the wait."""
+
+
+class WarehouseBusy(RuntimeError):
+    """The warehouse file is held by another process (a run writing, or a reader) longer than we waited."""
+
+
+@contextmanager
+def run_lock(warehouse: Path, *, wait: float = 3600.0, poll: float = 0.2) -> Iterator[None]:
+    """Hold ``<warehouse>.run.lock`` exclusively (``flock``) for the duration of a run."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(warehouse.with_name(warehouse.name + ".run.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunInProgress(f"another run holds {warehouse} (waited {wait:.0f} s)") from None
+                time.sleep(poll)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _held(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def open_warehouse(
+    path: Path,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    wait: float = 120.0,
+    poll: float = 0.5,
+) -> duckdb.DuckDBPyConnection:
+    """Open (and, writable, migrate) the warehouse, retrying while another process holds the file."""
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            con = connect(path, read_only=read_only, memory_limit=memory_limit)
+            break
+        except duckdb.IOException as exc:
+            if not _held(exc) or time.monotonic() >= deadline:
+                if _held(exc):
+                    raise WarehouseBusy(f"{path} is held by another process; try again in a moment") from None
+                raise
+            time.sleep(poll)
+    if not read_only:
+        migrate(con)
+    return con

@@ -1,0 +1,266 @@
+"""Settings: the only place configuration and secrets are read.
+
+Sources, strongest first: keyword arguments, environment variables (``WXRECON_...``, nested
+with ``__``: ``WXRECON_ALERTS__MAX_COUNT=3``), then one TOML file (``--config`` or
+``WXRECON_CONFIG``). ``.env.example`` lists every setting with fake values.
+
+Secrets (merchant private keys, APIv3 keys, alert URLs with tokens) are ``SecretStr``: they
+never show in a repr, a log line or an error. A secret may also be given as
+``prefect-secret:<block name>``: it is then read from that Prefect Secret block at start.
+A missing or malformed setting fails at start with :class:`SettingsError` naming the setting
+(as its TOML key and environment variable), never echoing its value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from flows.sources import LocalOrdersSource, LocalRefundsSource
+from wxpay import DEFAULT_BASE_URL, Client, Verifier
+from wxpay.verifying import PUBLIC_KEY_ID_PREFIX
+
+ENV_PREFIX = "WXRECON_"
+CONFIG_ENV = "WXRECON_CONFIG"
+SECRET_BLOCK = "prefect-secret:"  # noqa: S105 - a prefix, not a password
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and never shows a secret."""
+
+
+def _resolve_secret(value: Any) -> Any:
+    """``prefect-secret:<name>`` → the value of that Prefect Secret block; anything else unchanged."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str) and text.startswith(SECRET_BLOCK):
+        from prefect.blocks.system import Secret  # only when a block is named: prefect is heavy to import
+
+        name = text.removeprefix(SECRET_BLOCK).strip()
+        try:
+            return Secret.load(name).get()
+        except Exception as exc:
+            raise ValueError(f"Prefect Secret block {name!r} could not be read: {type(exc).__name__}") from None
+    return value
+
+
+class MerchantConfig(BaseModel):
+    """One merchant id and its credentials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mchid: str = Field(pattern=r"^[0-9]{6,32}$")
+    appid: str = Field(min_length=1)
+    merchant_serial_no: str = Field(pattern=r"^[0-9A-Fa-f]{8,64}$")
+    private_key_file: Path | None = None
+    private_key: SecretStr | None = None  # the PEM itself, e.g. from a Prefect Secret block
+    api_v3_key: SecretStr
+    wechatpay_public_key_id: str | None = None
+    wechatpay_public_key_file: Path | None = None
+    platform_certificates: bool = False
+    receives_notifications: bool = False  # a combine initiator: its notify_url receiver verifies callbacks
+    contracted_fee_rate: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?%$")
+
+    @field_validator("private_key", "api_v3_key", mode="before")
+    @classmethod
+    def _secret_blocks(cls, value: Any) -> Any:
+        return _resolve_secret(value)
+
+    @field_validator("api_v3_key")
+    @classmethod
+    def _apiv3_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode("utf-8")) != 32:
+            raise ValueError("the APIv3 key must be exactly 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> MerchantConfig:
+        if (self.private_key_file is None) == (self.private_key is None):
+            raise ValueError("give exactly one of private_key_file and private_key")
+        if self.private_key_file is not None and not self.private_key_file.is_file():
+            raise ValueError(f"private_key_file {self.private_key_file} does not exist")
+        if not self.platform_certificates:
+            if not self.wechatpay_public_key_id or not self.wechatpay_public_key_file:
+                raise ValueError(
+                    "give wechatpay_public_key_id and wechatpay_public_key_file, or platform_certificates = true"
+                )
+            if not self.wechatpay_public_key_id.startswith(PUBLIC_KEY_ID_PREFIX):
+                raise ValueError(f"wechatpay_public_key_id must start with {PUBLIC_KEY_ID_PREFIX}")
+            if not self.wechatpay_public_key_file.is_file():
+                raise ValueError(f"wechatpay_public_key_file {self.wechatpay_public_key_file} does not exist")
+        return self
+
+    def private_key_pem(self) -> bytes:
+        if self.private_key is not None:
+            return self.private_key.get_secret_value().encode("utf-8")
+        assert self.private_key_file is not None
+        return self.private_key_file.read_bytes()
+
+    def public_keys(self) -> dict[str, bytes]:
+        """Serial → PEM of the WeChat Pay keys this merchant verifies with (public-key mode)."""
+        if self.wechatpay_public_key_id and self.wechatpay_public_key_file:
+            return {self.wechatpay_public_key_id: self.wechatpay_public_key_file.read_bytes()}
+        return {}
+
+    def verifier(self, **kw: Any) -> Verifier:
+        return Verifier(self.public_keys(), **kw)
+
+    def client(self, base_url: str, **kw: Any) -> Client:
+        """A :class:`wxpay.Client` acting as this merchant."""
+        options: dict[str, Any] = {
+            "mchid": self.mchid,
+            "serial_no": self.merchant_serial_no,
+            "private_key": self.private_key_pem(),
+            "api_v3_key": self.api_v3_key.get_secret_value(),
+            "base_url": base_url,
+        }
+        if self.platform_certificates:
+            options["certificates"] = True
+            if self.public_keys():
+                options["verifier"] = self.verifier()
+        else:
+            options["verifier"] = self.verifier()
+        return Client(**options, **kw)
+
+
+class AlertConfig(BaseModel):
+    """Where alerts go and when they are worth sending."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[SecretStr] = Field(default_factory=list)  # apprise URLs; they often carry tokens
+    max_count: int = Field(default=0, ge=0)  # alert when open exceptions of the day exceed this many
+    max_amount_fen: int = Field(default=0, ge=0)  # ... or their absolute differences exceed this many fen
+    daily_digest: bool = False  # also send a short note on clean days
+    top_items: int = Field(default=5, ge=1, le=50)
+    notebook_hint: str = "./scripts/notebooks  (then open notebooks/02_exception_drilldown.ipynb)"
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in re.split(r"[\s,]+", value) if v]
+        return [_resolve_secret(v) for v in value]
+
+
+class Settings(BaseSettings):
+    """Everything the nightly pipeline needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, toml_file=None
+    )
+
+    api_base_url: str = DEFAULT_BASE_URL
+    merchants: list[MerchantConfig] = Field(min_length=1)
+    local_orders: LocalOrdersSource | None = None
+    local_refunds: LocalRefundsSource | None = None
+    local_window_days: int = Field(default=3, ge=1, le=31)  # days read around the bill day
+    data_dir: Path = Path("var")
+    warehouse: Path | None = None  # default <data_dir>/warehouse.duckdb
+    archive: Path | None = None  # default <data_dir>/archive
+    notification_log: Path | None = None  # default <data_dir>/notifications
+    memory_limit: str = Field(default="2GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    pending_days: int = Field(default=2, ge=0, le=31)
+    tolerance_fen: int = Field(default=0, ge=0)
+    fee_tolerance_fen: int = Field(default=0, ge=0)
+    bill_url_lifetime: float = Field(default=30.0, gt=1)
+    bill_ready_deadline_hours: float = Field(default=6.0, ge=0)  # how long "not ready yet" is retried
+    bill_retry_seconds: float = Field(default=600.0, gt=0)  # first wait after "not ready yet"; doubles, max 30 min
+    concurrency: int = Field(default=2, ge=1, le=16)
+    schedule_cron: str = "30 22 * * *"
+    schedule_timezone: str = "Asia/Shanghai"
+    receiver_host: str = "127.0.0.1"
+    receiver_port: int = Field(default=8080, ge=0, le=65535)
+    alerts: AlertConfig = AlertConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get(CONFIG_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Settings:
+        ids = [m.mchid for m in self.merchants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("merchants: a mchid appears twice")
+        return self
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.warehouse or self.data_dir / "warehouse.duckdb"
+
+    @property
+    def archive_root(self) -> Path:
+        return self.archive or self.data_dir / "archive"
+
+    @property
+    def notification_root(self) -> Path:
+        return self.notification_log or self.data_dir / "notifications"
+
+    @property
+    def bill_ready_deadline(self) -> timedelta:
+        return timedelta(hours=self.bill_ready_deadline_hours)
+
+    def merchant(self, mchid: str) -> MerchantConfig:
+        for merchant in self.merchants:
+            if merchant.mchid == mchid:
+                return merchant
+        raise SettingsError(f"merchant {mchid} is not configured (merchants: {', '.join(self.mchids)})")
+
+    @property
+    def mchids(self) -> list[str]:
+        return [m.mchid for m in self.merchants]
+
+
+def _where(loc: tuple) -> str:
+    """``merchants.0.api_v3_key (environment WXRECON_MERCHANTS, JSON)``: where to fix a setting."""
+    key = ".".join(str(p) for p in loc)
+    path = []
+    for part in loc:
+        if isinstance(part, int):
+            break
+        path.append(str(part))
+    env = ENV_PREFIX + "__".join(path).upper()
+    nested = len(path) < len(loc)
+    return f"{key} (environment {env}{', JSON' if nested else ''})" if key else "(settings)"
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings (see the module docstring); raise :class:`SettingsError` naming what is wrong."""
+    previous = os.environ.get(CONFIG_ENV)
+    if config is not None:
+        if not Path(config).is_file():
+            raise SettingsError(f"settings file {config} does not exist")
+        os.environ[CONFIG_ENV] = str(config)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False, include_input=False)]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    finally:
+        if config is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV, None)
+            else:
+                os.environ[CONFIG_ENV] = previous
+
+
+def describe(settings: Settings) -> Mapping[str, Any]:
+    """The settings as shown to people: every secret masked."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,223 @@
+"""The nightly flow under Prefect's test harness: a simulated day over loopback HTTP, the merchant's
+records in a real PostgreSQL server, alerts to a local webhook, and the failure paths."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.demo import AlertInbox
+from flows.deploy import nightly_schedule
+from flows.nightly import reconcile_day, using
+from flows.settings import Settings
+from flows.sources import LocalOrdersSource
+from flows.warehouse import connect
+from tests.conftest import INITIATOR
+from tests.recon_scenario import P0, D, World, at
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, merchant_pool, postgres_server):
+    """Five combine orders paid on D, one never paid; the merchant's records in PostgreSQL, one amount edited."""
+    root = tmp_path_factory.mktemp("flows")
+    world = World(root, merchant_pool, seed=3, start=at(D, 9))
+    for n, amounts in enumerate(((12800, 3550), (999, 1), (5000, 6000), (700, 800), (1234, 4321)), start=1):
+        request = world.create(f"FL{n:04d}", amounts)
+        world.sim.advance(120)
+        world.sim.pay(INITIATOR, f"FL{n:04d}")
+        world.record(request)
+    world.record(world.create("FL0009", (100, 200)))
+    world.row("FL0003S1")["amount_fen"] = 5100  # the merchant's record says 51.00; WeChat Pay took 50.00
+    db = postgres_server.create_database("flows")
+    db.execute(
+        "create table sub_orders (combine_out_trade_no text, out_trade_no text, mchid text, amount_fen bigint,"
+        " status text, created_at timestamptz, paid_at timestamptz, transaction_id text, attach text, description text)"
+    )
+    names = list(world.orders[0])
+    db.load_rows("sub_orders", names, [[row[n] for n in names] for row in world.orders])
+    world.client.close()
+    world.sim.clock.set(at(D + timedelta(days=1), 10, 30))
+    world.pg_url = db.url
+    credentials = root / "credentials"
+    for merchant in world.sim.merchants.values():
+        merchant.export(credentials)
+    world.credentials = credentials
+    yield world
+    world.server.stop()
+    world.receiver.stop()
+    world.sim.close()
+
+
+@pytest.fixture
+def inbox():
+    box = AlertInbox()
+    yield box
+    box.close()
+
+
+def settings_for(world, data_dir: Path, inbox: AlertInbox, **overrides) -> Settings:
+    merchants = [
+        {
+            "mchid": m.mchid,
+            "appid": m.appid,
+            "merchant_serial_no": m.merchant_serial,
+            "private_key_file": world.credentials / m.mchid / "apiclient_key.pem",
+            "api_v3_key": m.api_v3_key,
+            "wechatpay_public_key_id": m.public_key_id,
+            "wechatpay_public_key_file": world.credentials / m.mchid / "wechatpay_public_key.pem",
+            "receives_notifications": m.mchid == INITIATOR,
+        }
+        for m in world.sim.merchants.values()
+    ]
+    options = {
+        "api_base_url": world.server.url,
+        "merchants": merchants,
+        "data_dir": data_dir,
+        "notification_log": world.log.root,
+        "local_orders": LocalOrdersSource(kind="postgresql", url=world.pg_url, table="sub_orders"),
+        "alerts": {"urls": [inbox.apprise_url]},
+        "bill_retry_seconds": 0.05,
+        "bill_ready_deadline_hours": 0.001,
+    }
+    options.update(overrides)
+    return Settings(**options)
+
+
+def counts(settings: Settings) -> tuple:
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return con.execute(
+            "select (select count(*) from raw.trade_bill_rows), (select count(*) from recon.items),"
+            " (select count(*) from recon.exceptions), (select count(*) from raw.local_orders),"
+            " (select count(*) from raw.notification_lines)"
+        ).fetchone()
+    finally:
+        con.close()
+
+
+def test_a_day_end_to_end_with_a_postgres_source_and_an_alert(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    with using(settings):
+        outcome = reconcile_day(D)
+    assert set(outcome.loaded) | set(outcome.empty) == set(settings.mchids)
+    assert outcome.empty == [INITIATOR]  # the initiator takes no part in these sub orders: no trades, no bill
+    assert outcome.classes == {"matched": outcome.classes["matched"], "amount_mismatch": 1}
+    assert outcome.exceptions == 1
+    assert outcome.exposure_fen == 100
+    assert not outcome.late
+    assert not outcome.integrity
+    assert outcome.alert_sent
+
+    assert len(inbox.received) == 1
+    alert = inbox.received[0]
+    assert "1 exceptions, ¥1.00" in alert["title"]
+    assert f"- {P0} amount_mismatch: 1 item(s), ¥1.00" in alert["message"]
+    assert "FL0003S1 amount_mismatch: bill ¥50.00, local ¥51.00, difference -¥1.00" in alert["message"]
+    secrets = [m.api_v3_key for m in world.sim.merchants.values()]
+    secrets += [o.payer_openid for o in world.sim.ledger.orders.values() if o.payer_openid]
+    text = alert["title"] + alert["message"]
+    assert not [s for s in secrets if s in text]
+    assert "PRIVATE KEY" not in text
+
+
+def test_running_the_day_again_changes_nothing(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    with using(settings):
+        first = reconcile_day(D)
+        before = counts(settings)
+        second = reconcile_day(D)
+    assert counts(settings) == before
+    assert first.classes == second.classes
+
+
+def test_two_concurrent_runs_of_one_day_produce_no_doubles(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    outcomes, errors = [], []
+
+    def run():
+        try:
+            with using(settings):
+                outcomes.append(reconcile_day(D))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert errors == []
+    assert len(outcomes) == 2
+    with using(settings):
+        reconcile_day(D)
+    rows, items, exceptions, _local, _lines = counts(settings)
+    assert rows == sum(2 for _ in range(5))  # 5 paid combine orders x 2 sub orders, once
+    assert exceptions == 1
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        assert con.execute("select count(*) from recon.items where recon_date = ?", [D]).fetchone()[0] == items
+        assert con.execute("select count(*) from recon.runs").fetchone()[0] == 3
+    finally:
+        con.close()
+
+
+def test_not_ready_yet_is_retried_until_the_bill_is_there(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox, bill_ready_deadline_hours=0.05)
+    world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=4)
+    with using(settings):
+        outcome = reconcile_day(D)
+    assert outcome.late == []
+    assert set(outcome.loaded) | set(outcome.empty) == set(settings.mchids)
+    assert world.sim.faults.errors == []  # all four "not ready" answers were used up by retries
+
+
+def test_a_bill_not_ready_by_the_deadline_is_late_and_alerted(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=1000)
+    try:
+        with using(settings):
+            outcome = reconcile_day(D)
+    finally:
+        world.sim.faults.clear()
+    assert len(outcome.late) == 3
+    assert outcome.alert_sent
+    assert "bill late" in inbox.received[0]["message"]
+
+
+def test_a_hash_mismatch_loads_nothing_of_that_day_and_alerts_integrity(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox, concurrency=1)
+    world.sim.faults.add("download", "corrupt")
+    try:
+        with using(settings):
+            outcome = reconcile_day(D)
+    finally:
+        world.sim.faults.clear()
+    assert len(outcome.integrity) == 1
+    assert "BillHashMismatchError" in outcome.integrity[0]
+    failed = outcome.integrity[0].split()[2]
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        assert con.execute("select count(*) from raw.trade_bill_rows where bill_mchid = ?", [failed]).fetchone() == (0,)
+    finally:
+        con.close()
+    assert "INTEGRITY" in inbox.received[0]["message"]
+    assert "expected" in inbox.received[0]["message"]
+
+
+def test_the_deployment_runs_at_2230_shanghai_time():
+    definition = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
+    [deployment] = definition["deployments"]
+    assert deployment["entrypoint"] == "flows/nightly.py:reconcile_day"
+    assert deployment["schedules"] == [{"cron": "30 22 * * *", "timezone": "Asia/Shanghai", "active": True}]
+    schedule = nightly_schedule(
+        Settings.model_construct(schedule_cron="30 22 * * *", schedule_timezone="Asia/Shanghai")
+    )
+    assert (schedule.cron, schedule.timezone) == ("30 22 * * *", "Asia/Shanghai")
+    assert Settings.model_fields["schedule_cron"].default == "30 22 * * *"
+    assert Settings.model_fields["schedule_timezone"].default == "Asia/Shanghai"
