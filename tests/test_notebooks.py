@@ -349,17 +349,81 @@ def test_a_nightly_run_in_progress_gives_warehouse_busy_not_a_crash(world, tmp_p
     assert finance.Warehouse(copy).runs().shape[0] == 2  # once the run is done, the same call works
 
 
-def test_an_open_notebook_does_not_block_the_nightly_run(world, tmp_path):
+def settings_toml(world, tmp_path: Path, warehouse: Path) -> Path:
+    """A wxrecon settings file for the scenario's simulated merchants (test credentials exported here)."""
+    credentials = tmp_path / "credentials"
+    lines = [
+        f'api_base_url = "{world.sim_url}"',
+        f'data_dir = "{tmp_path}"',
+        f'warehouse = "{warehouse}"',
+        f'archive = "{world.archive.root}"',
+        f'notification_log = "{world.log.root}"',
+    ]
+    for merchant in world.sim.merchants.values():
+        folder = merchant.export(credentials)
+        lines += [
+            "[[merchants]]",
+            f'mchid = "{merchant.mchid}"',
+            f'appid = "{merchant.appid}"',
+            f'merchant_serial_no = "{merchant.merchant_serial}"',
+            f'private_key_file = "{folder / "apiclient_key.pem"}"',
+            f'api_v3_key = "{merchant.api_v3_key}"',
+            f'wechatpay_public_key_id = "{merchant.public_key_id}"',
+            f'wechatpay_public_key_file = "{folder / "wechatpay_public_key.pem"}"',
+            f"receives_notifications = {'true' if merchant.mchid == INITIATOR else 'false'}",
+        ]
+    orders, refunds = world.local_tables()
+    import pyarrow.parquet as pq
+
+    pq.write_table(orders, tmp_path / "orders.parquet")
+    pq.write_table(refunds, tmp_path / "refunds.parquet")
+    lines[5:5] = [
+        f'local_orders = {{ kind = "parquet", paths = ["{tmp_path / "orders.parquet"}"] }}',
+        f'local_refunds = {{ kind = "parquet", paths = ["{tmp_path / "refunds.parquet"}"] }}',
+    ]
+    path = tmp_path / "wxrecon.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_an_open_notebook_does_not_make_wxrecon_run_fail(world, tmp_path):
+    """A JupyterLab tab left open, its user clicking around, while the nightly `wxrecon run` writes."""
     copy = tmp_path / "warehouse.duckdb"
     shutil.copy(world.warehouse, copy)
+    config = settings_toml(world, tmp_path, copy)
     nb = prepared("01_daily_overview", {"warehouse": str(copy), "output_dir": str(tmp_path / "charts")}, "{}")
     client = client_for(nb)
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
-        # the kernel is alive with the notebook's state, as in a JupyterLab tab left open: the run writes anyway
-        reconcile_day(world, copy, D1)
-        probe = nbformat.v4.new_code_cell("print('RUNS', len(wh.runs()))")
+        # the kernel keeps reading the warehouse in the background while the run goes
+        reader = nbformat.v4.new_code_cell(
+            "import threading, time\n"
+            "reads = {'ok': 0, 'busy': 0}\n"
+            "stop = threading.Event()\n"
+            "def keep_reading():\n"
+            "    while not stop.is_set():\n"
+            "        try:\n"
+            "            wh.runs(); reads['ok'] += 1\n"
+            "        except finance.WarehouseBusy:\n"
+            "            reads['busy'] += 1\n"
+            "        time.sleep(0.05)\n"
+            "threading.Thread(target=keep_reading, daemon=True).start()"
+        )
+        nb.cells.append(reader)
+        client.execute_cell(reader, len(nb.cells) - 1)
+        run = subprocess.run(
+            [str(Path(sys.executable).with_name("wxrecon")), "run", "--date", D1.isoformat(), "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        probe = nbformat.v4.new_code_cell("stop.set(); time.sleep(0.2); print('READS', reads, 'RUNS', len(wh.runs()))")
         nb.cells.append(probe)
         client.execute_cell(probe, len(nb.cells) - 1)
-    assert "RUNS 3" in probe.outputs[0]["text"]
+    assert run.returncode in (0, 1), run.stdout[-2000:] + run.stderr[-2000:]  # 1: the day has exceptions
+    assert "INTEGRITY" not in run.stdout
+    text = probe.outputs[0]["text"]
+    assert "RUNS 3" in text  # the notebook now sees the run it was open during
+    assert "'ok': 0" not in text  # it kept reading while the run went

@@ -275,3 +275,36 @@ def test_a_clean_day_yields_only_matched_and_no_exceptions(tmp_path_factory, mer
     kinds = {(c.item_kind, c.count) for c in result.counts}
     assert kinds == {("payment", 6), ("notification", 3), ("refund", 1)}
     assert con.execute("select count(*) from marts.mart_exceptions").fetchone()[0] == 0
+
+
+def test_a_callback_to_an_unknown_merchant_is_a_finding(scenario, tmp_path):
+    from flows.notifications import verify_log
+    from flows.notifylog import LogEntry, NotificationLog
+
+    con = warehouse_copy(scenario, tmp_path)
+    log = NotificationLog(tmp_path / "log")
+    for path in scenario.log.root.rglob("*.jsonl"):
+        target = log.root / path.relative_to(scenario.log.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    log.append(
+        LogEntry(
+            at(D, 12),
+            "1999999999",
+            "rejected",
+            "UnknownMerchantError: no receiver configured for mchid",
+            None,
+            {},
+            b'{"id":"x"}',
+            404,
+        ),
+        unrouted=True,
+    )
+    verify_log(con, log, scenario.keys(), start=D - timedelta(days=3), end=D, workers=1)
+    result = run(con, *scenario.local_tables())
+    unrouted = con.execute(
+        "select class, detail from recon.items where run_id = ? and mchid = '_unrouted'", [result.run_id]
+    ).fetchall()
+    assert len(unrouted) == 1
+    assert unrouted[0][0] == "notification_unverified"
+    assert "UnknownMerchantError" in unrouted[0][1]

@@ -116,3 +116,17 @@ def test_env_example_lists_every_setting():
     example = (Path(__file__).parents[1] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"WXRECON_{name.upper()}" in example, name
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_secret_can_come_from_a_prefect_secret_block(tmp_path, files):
+    from prefect.blocks.system import Secret
+
+    folder, merchant = files
+    Secret(value=API_V3_KEY).save("wxrecon-test-apiv3", overwrite=True)
+    path = toml(tmp_path, merchant_toml(folder, merchant, api_v3_key="prefect-secret:wxrecon-test-apiv3"))
+    settings = load_settings(path)
+    assert settings.merchants[0].api_v3_key.get_secret_value() == API_V3_KEY
+    missing = toml(tmp_path, merchant_toml(folder, merchant, api_v3_key="prefect-secret:no-such-block"))
+    with pytest.raises(SettingsError, match="no-such-block"):
+        load_settings(missing)

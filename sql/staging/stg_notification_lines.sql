@@ -30,7 +30,11 @@ select
     lines.log_file,
     lines.line_no,
     lines.line_sha256,
-    coalesce(lines.mchid, split_part(lines.log_file, '/', 1)) as mchid,
+    -- a callback to a path no merchant is configured for is filed under _unrouted, whatever it claims
+    case
+        when starts_with(lines.log_file, '_unrouted/') then '_unrouted'
+        else coalesce(lines.mchid, split_part(lines.log_file, '/', 1))
+    end as mchid,
     lines.outcome,
     lines.received_at,
     -- an unreadable line has no received_at: it belongs to the day of its log file
