@@ -81,7 +81,7 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
     ids = sorted(merchants)
     report = DayReport(as_of, ids)
     rows = con.execute(
-        f"select mchid, class, state, count(*), sum({_EXPOSURE}) from marts.mart_recon_items"  # noqa: S608
+        f"select mchid, class, state, count(*), sum({_EXPOSURE}) from marts.mart_recon_items"
         " where recon_date = ? and list_contains(?, mchid) group by all order by all",
         [as_of, [*ids, "_unrouted"]],
     ).fetchall()
@@ -98,7 +98,8 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
     report.top = [
         Item(*row)
         for row in con.execute(
-            "select mchid, class, item_key, bill_fen, local_fen, notified_fen, diff_fen,"  # noqa: S608
+            "select mchid, class, case when item_kind = 'notification_line' then coalesce(notification_id, item_key)"
+            " else item_key end, bill_fen, local_fen, notified_fen, diff_fen,"
             f" {_EXPOSURE} as exposure from marts.mart_recon_items where recon_date = ? and list_contains(?, mchid)"
             " and state = 'open' order by exposure desc, mchid, item_key limit ?",
             [as_of, [*ids, "_unrouted"], top],
