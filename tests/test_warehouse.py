@@ -36,7 +36,7 @@ SUMS = (
 # test_connect_... applies the whole real folder.
 OWN_SQL = {
     "migrations": ["001_raw_bills.sql"],
-    "staging": ["stg_fundflow.sql", "stg_trade_payments.sql", "stg_trade_refunds.sql"],
+    "staging": ["stg_fundflow.sql", "stg_trade_bill_rows.sql", "stg_trade_payments.sql", "stg_trade_refunds.sql"],
     "checks": [
         "bill_rows_match_loads.sql",
         "duplicate_bill_lines.sql",
@@ -577,6 +577,7 @@ def test_staging_models_split_payments_and_refunds_without_double_counting(tmp_p
 
     assert models(con, sql_dir) == [
         "staging.stg_fundflow",
+        "staging.stg_trade_bill_rows",
         "staging.stg_trade_payments",
         "staging.stg_trade_refunds",
     ]

@@ -76,13 +76,9 @@ local_refunds as (
 coverage as (
     select
         mchid,
-        max(bill_date) as covered_through
-    from (
-        select mchid, bill_date from raw.bill_loads where bill_type in ('trade_all', 'trade_refund')
-        union all
-        select mchid, bill_date from raw.bill_fetches
-        where outcome in ('loaded', 'no_statement') and bill_type in ('trade_all', 'trade_refund')
-    )
+        max(covered_through) as covered_through
+    from staging.stg_bill_coverage
+    where bill_type in ('trade_all', 'trade_refund')
     group by mchid
 ),
 
