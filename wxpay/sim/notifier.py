@@ -1,17 +1,22 @@
-"""Payment notifications of the simulator: envelopes and WeChat Pay's retry schedule (spec §3).
+"""Payment notifications of the simulator: envelopes, WeChat Pay's retry schedule, delivery attempts (spec §3).
 
 One notification per paid combine order. A delivery is acknowledged by an HTTP 2xx answer
 within 5 s; anything else is a failure and the next attempt falls due after the next
 interval of :data:`RETRY_INTERVALS` on the *business* clock. The notification ``id`` and
-the encrypted body stay the same across attempts; each attempt is signed afresh.
+the encrypted body stay the same across attempts; each attempt is signed afresh (by the
+simulator, which owns the keys and the HTTP client and passes them in as ``send``).
 """
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import httpx
 
 from wxpay import aead
 from wxpay.models import format_rfc3339
@@ -103,3 +108,46 @@ def envelope(
         },
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def new_delivery(
+    payload: dict[str, Any],
+    api_v3_key: str,
+    *,
+    combine_mchid: str,
+    combine_out_trade_no: str,
+    url: str,
+    now: datetime,
+    rng: random.Random,
+) -> Delivery:
+    """The notification of one paid combine order, due ``now``; its id and nonce are drawn from ``rng``."""
+    hexid = f"{rng.getrandbits(128):032x}"
+    notification_id = f"{hexid[:8]}-{hexid[8:12]}-{hexid[12:16]}-{hexid[16:20]}-{hexid[20:]}"
+    nonce = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
+    body = envelope(payload, api_v3_key, notification_id=notification_id, create_time=now, nonce=nonce)
+    return Delivery(notification_id, combine_mchid, combine_out_trade_no, url, body, due_at=now)
+
+
+def attempt_delivery(
+    delivery: Delivery, now: datetime, fault: str | None, send: Callable[[], httpx.Response]
+) -> Attempt:
+    """Make the next attempt of ``delivery`` at ``now`` (the caller records it); ``send`` signs and posts one copy.
+
+    Faults of the ``notify`` channel: ``lose`` loses this and every later attempt, ``drop`` this one,
+    ``duplicate`` sends two copies; the others bend the signature (see ``Simulator.signed_headers``).
+    No answer (an HTTP error) or a non-2xx answer is a failed attempt.
+    """
+    number = len(delivery.attempts) + 1
+    if fault == "lose":
+        delivery.lost = True
+    if delivery.lost or fault == "drop":
+        return Attempt(number, now, None, error="lost in transit", fault=fault or "lose")
+    copies = 2 if fault == "duplicate" else 1
+    status, error = None, None
+    for _ in range(copies):
+        try:
+            answer = send()
+            status, error = answer.status_code, None if answer.is_success else answer.text[:200]
+        except httpx.HTTPError as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}"
+    return Attempt(number, now, status, error=error, fault=fault, copies=copies)

@@ -5,7 +5,8 @@
 :func:`wxpay.sim.serve` puts the same object on a loopback port.
 
 Simulator-only admin calls (a payer paying, a refund, the business clock, faults) are
-methods here and, over HTTP, unsigned endpoints under ``/sim/``.
+methods here and, over HTTP, unsigned endpoints under ``/sim/`` (:mod:`wxpay.sim.admin`).
+Notification envelopes, retries and attempts are :mod:`wxpay.sim.notifier`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from wxpay.models import (
     validate_request,
 )
 from wxpay.signing import SCHEME, parse_authorization, request_message, response_message, sign
+from wxpay.sim.admin import dispatch
 from wxpay.sim.bills import BillDesk
 from wxpay.sim.clock import VirtualClock
 from wxpay.sim.faults import Faults
-from wxpay.sim.keys import SimMerchant, _rsa, new_merchant, public_pem, rotate_platform_key
-from wxpay.sim.notifier import Attempt, Delivery, envelope
+from wxpay.sim.keys import SimMerchant, _rsa, new_merchant, rotate_platform_key
+from wxpay.sim.notifier import Attempt, Delivery, attempt_delivery, new_delivery
 from wxpay.sim.state import Ledger, SimApiError, SimCombineOrder, SimRefund
 from wxpay.verifying import SIGNTEST_PREFIX, verify_signature
 
@@ -73,17 +75,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/v3/combine-transactions/out-trade-no/(?P<no>[^/]+)"), "_query"),
     ("POST", re.compile(r"/v3/combine-transactions/out-trade-no/(?P<no>[^/]+)/close"), "_close"),
     ("GET", re.compile(r"/v3/certificates"), "_certificates"),
-]
-_ADMIN: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"/sim/pay"), "_admin_pay"),
-    ("POST", re.compile(r"/sim/refund"), "_admin_refund"),
-    ("GET", re.compile(r"/sim/clock"), "_admin_clock"),
-    ("POST", re.compile(r"/sim/clock"), "_admin_clock"),
-    ("POST", re.compile(r"/sim/faults"), "_admin_faults"),
-    ("GET", re.compile(r"/sim/deliveries"), "_admin_deliveries"),
-    ("POST", re.compile(r"/sim/deliver"), "_admin_deliver"),
-    ("GET", re.compile(r"/sim/merchants"), "_admin_merchants"),
-    ("POST", re.compile(r"/sim/bills/publish"), "_admin_publish_bill"),
 ]
 
 
@@ -158,7 +149,7 @@ class Simulator:
         path = request.url.path
         try:
             if path.startswith("/sim/"):
-                return self._dispatch_admin(request)
+                return dispatch(self, request)
             injected = self.faults.take_error(path)
             if injected is not None:
                 raise SimApiError(injected.status, injected.code, injected.message)
@@ -412,15 +403,14 @@ class Simulator:
     # --- notifications ------------------------------------------------------------------------------
     def _schedule_notification(self, order: SimCombineOrder) -> Delivery:
         merchant = self.merchant(order.combine_mchid)
-        now = self.clock.now()
-        hexid = f"{self.rng.getrandbits(128):032x}"
-        notification_id = f"{hexid[:8]}-{hexid[8:12]}-{hexid[12:16]}-{hexid[16:20]}-{hexid[20:]}"
-        nonce = "".join(self.rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
-        body = envelope(
-            self._wire(order), merchant.api_v3_key, notification_id=notification_id, create_time=now, nonce=nonce
-        )
-        delivery = Delivery(
-            notification_id, order.combine_mchid, order.combine_out_trade_no, order.notify_url, body, due_at=now
+        delivery = new_delivery(
+            self._wire(order),
+            merchant.api_v3_key,
+            combine_mchid=order.combine_mchid,
+            combine_out_trade_no=order.combine_out_trade_no,
+            url=order.notify_url,
+            now=self.clock.now(),
+            rng=self.rng,
         )
         self.deliveries.append(delivery)
         return delivery
@@ -435,108 +425,15 @@ class Simulator:
         return [self._attempt(delivery, now) for delivery in due]
 
     def _attempt(self, delivery: Delivery, now: datetime) -> Attempt:
-        number = len(delivery.attempts) + 1
         fault = self.faults.take("notify")
-        if fault == "lose":
-            delivery.lost = True
-        if delivery.lost or fault == "drop":
-            attempt = Attempt(number, now, None, error="lost in transit", fault=fault or "lose")
-        else:
-            merchant = self.merchant(delivery.combine_mchid)
-            copies = 2 if fault == "duplicate" else 1
-            status, error = None, None
-            for _ in range(copies):
-                headers, body = self.signed_headers(merchant, delivery.body, fault=fault, callback=True)
-                headers["Content-Type"] = "application/json"
-                try:
-                    answer = self._notify_http.post(delivery.url, content=body, headers=headers)
-                    status, error = answer.status_code, None if answer.is_success else answer.text[:200]
-                except httpx.HTTPError as exc:
-                    status, error = None, f"{type(exc).__name__}: {exc}"
-            attempt = Attempt(number, now, status, error=error, fault=fault, copies=copies)
+        attempt = attempt_delivery(delivery, now, fault, lambda: self._post_notification(delivery, fault))
         with self._lock:
             delivery.record(attempt)
         return attempt
 
-    # --- admin over HTTP -------------------------------------------------------------------------
-    def _dispatch_admin(self, request: httpx.Request) -> httpx.Response:
-        for method, pattern, name in _ADMIN:
-            if pattern.fullmatch(request.url.path) and method == request.method:
-                body = self._json(request) if request.method == "POST" and request.content else {}
-                try:
-                    result = getattr(self, name)(body)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise SimApiError(400, "PARAM_ERROR", f"{type(exc).__name__}: {exc}") from None
-                content = json.dumps(result, ensure_ascii=False).encode()
-                return httpx.Response(200, content=content, headers={"Content-Type": "application/json"})
-        raise SimApiError(404, "NOT_FOUND", f"no such simulator call: {request.method} {request.url.path}")
-
-    def _admin_pay(self, body: dict[str, Any]) -> dict[str, Any]:
-        order = self.pay(body["combine_mchid"], body["combine_out_trade_no"], openid=body.get("openid"))
-        return self._wire(order)
-
-    def _admin_refund(self, body: dict[str, Any]) -> dict[str, Any]:
-        refund = self.refund(
-            body["mchid"],
-            body["out_trade_no"],
-            body["amount"],
-            out_refund_no=body.get("out_refund_no"),
-            status=body.get("status", "SUCCESS"),
-        )
-        return {
-            "refund_id": refund.refund_id,
-            "out_refund_no": refund.out_refund_no,
-            "amount": refund.amount,
-            "submitted_at": format_rfc3339(refund.submitted_at),
-            "status": refund.status,
-        }
-
-    def _admin_clock(self, body: dict[str, Any]) -> dict[str, Any]:
-        if "advance_seconds" in body:
-            self.advance(float(body["advance_seconds"]))
-        elif "set" in body:
-            self.clock.set(datetime.fromisoformat(body["set"]))
-        return {"now": format_rfc3339(self.clock.now())}
-
-    def _admin_faults(self, body: dict[str, Any]) -> dict[str, Any]:
-        if "error" in body:
-            e = body["error"]
-            self.faults.error(
-                e["path_prefix"], int(e["status"]), e["code"], e.get("message", ""), times=int(e.get("times", 1))
-            )
-        else:
-            self.faults.add(body["channel"], body["kind"], times=int(body.get("times", 1)))
-        return {"ok": True}
-
-    def _admin_deliveries(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        with self._lock:
-            return [d.summary() for d in self.deliveries]
-
-    def _admin_deliver(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"attempts": len(self.deliver_due())}
-
-    def _admin_publish_bill(self, body: dict[str, Any]) -> dict[str, Any]:
-        from datetime import date
-
-        self.bills.publish_file(
-            body["mchid"],
-            date.fromisoformat(body["bill_date"]),
-            body["path"],
-            body["sha1"],
-            body.get("bill_type", "ALL"),
-        )
-        return {"ok": True}
-
-    def _admin_merchants(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "mchid": m.mchid,
-                "appid": m.appid,
-                "mode": m.mode,
-                "merchant_serial_no": m.merchant_serial,
-                "wechatpay_public_key_id": m.public_key_id,
-                "fee_rate_bp": m.fee_rate_bp,
-                "wechatpay_public_key": public_pem(m.platform_keys[0].key).decode(),
-            }
-            for m in self.merchants.values()
-        ]
+    def _post_notification(self, delivery: Delivery, fault: str | None) -> httpx.Response:
+        """One signed copy of the callback, posted to the merchant's notify_url."""
+        merchant = self.merchant(delivery.combine_mchid)
+        headers, body = self.signed_headers(merchant, delivery.body, fault=fault, callback=True)
+        headers["Content-Type"] = "application/json"
+        return self._notify_http.post(delivery.url, content=body, headers=headers)
