@@ -1,0 +1,62 @@
+"""Re-verify the notification log into the warehouse: every line verified once, by its content hash.
+
+:func:`verify_log` reads the day files of a :class:`~flows.notifylog.NotificationLog` (every
+merchant directory and ``_unrouted``) and, for each line, records where it is
+(``raw.notification_lines``); each distinct line content (SHA-256 of the line's bytes without
+its ``\\n``) is re-verified once and the result kept (``raw.notification_checks``, plus
+``raw.notification_sub_orders`` for the sub orders of a verified notification). Tables:
+``sql/migrations/050_notifications.sql``.
+
+Re-verifying a line is what the receiver did, judged again from the line alone:
+:func:`wxpay.notify.open_notification` (signature, with the ±300 s window evaluated at the line's
+``received_at``; algorithm; AEAD decryption with the merchant's APIv3 key), the receiver's
+combine_mchid check, then a strict reading of the decrypted payload (amounts must be JSON
+integers of fen, times RFC 3339, ...). A line that fails is ``verified = false`` with the
+exception class and message: a finding, never a drop. So is a line of a merchant we hold no
+keys for (``UnknownMerchantError``), a rejected-413 line whose body was not kept
+(``PayloadTooLargeError``), and a line the log reader cannot read (an ``unreadable`` row in
+``raw.notification_lines`` with a NULL hash; those are re-derived on every run).
+
+Incremental: a line content whose hash is in ``raw.notification_checks`` is not verified again,
+and a line occurrence already in ``raw.notification_lines`` (same file, line number and hash) is
+not recorded again, so a re-run over the same files writes nothing and a line appended later is
+the only one verified next time. ``recheck_failed=True`` verifies failed contents again (after
+adding a key that was missing, say).
+
+Speed (``bench/notifications.py``): the parent maps each file, hashes its lines and asks DuckDB
+which are new (one query per 65,536 lines); worker processes (``workers``, default 2, from a
+forkserver; 1 runs in-process) take batches of 2,048 line positions, read the bytes themselves,
+check them against the parent's hashes (:class:`LogChangedError` otherwise), verify, decrypt and
+read the payloads with verifiers built once per process from picklable :class:`MerchantKeys`,
+and return Arrow batches; a writer thread inserts them in bulk, one transaction per flush,
+while the parent keeps the workers fed. Per line, the time goes to
+:func:`~wxpay.notify.open_notification` (about two thirds: the RSA verification itself about a
+third), JSON, the strict payload reading and DuckDB's compressed writes; the benchmark prints it.
+
+Modules: ``verify.py`` the entry point and the worker pool; ``run.py`` the parent's side (which lines
+need work, batches, flushes); ``scan.py`` the day files and their hashed lines; ``writer.py`` one
+flush in one transaction; ``checker.py`` the per-line check (in the workers); ``batch.py`` a
+worker's task and reading its lines back; ``logline.py`` a log line's fields; ``payload.py`` the
+decrypted payload; ``failure.py`` what a failed line records; ``result.py`` and ``schema.py`` the
+Arrow rows; ``keys.py`` :class:`MerchantKeys`.
+"""
+
+from __future__ import annotations
+
+# the public API (__all__) and, re-exported under their old names (``import x as x``), the internals that
+# bench/notifications.py and tests/test_notifications.py reach for
+from flows.notifications.batch import LogChangedError
+from flows.notifications.batch import _Batch as _Batch
+from flows.notifications.batch import _read_lines as _read_lines
+from flows.notifications.checker import CHECKER_VERSION
+from flows.notifications.checker import _Checker as _Checker
+from flows.notifications.keys import MerchantKeys
+from flows.notifications.logline import _orjson as _orjson
+from flows.notifications.logline import _read_line as _read_line
+from flows.notifications.payload import _read_payload as _read_payload
+from flows.notifications.run import BATCH_LINES as BATCH_LINES
+from flows.notifications.run import _Run as _Run
+from flows.notifications.scan import _scan as _scan
+from flows.notifications.verify import VerifyStats, verify_log
+
+__all__ = ["CHECKER_VERSION", "LogChangedError", "MerchantKeys", "VerifyStats", "verify_log"]

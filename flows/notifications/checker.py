@@ -1,0 +1,148 @@
+"""The per-line check, in a worker process (or in-process): verify, decrypt and read each line of a batch.
+
+Re-verifying a line is what the receiver did, judged again from the line alone:
+:func:`wxpay.notify.open_notification` (signature, with the ±300 s window evaluated at the line's
+``received_at``; algorithm; AEAD decryption with the merchant's APIv3 key), the receiver's
+combine_mchid check, then a strict reading of the decrypted payload (``payload.py``). A line that
+fails becomes a failed check row, never a drop.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from flows.notifications.batch import _Batch, _read_lines
+from flows.notifications.failure import _Failure
+from flows.notifications.keys import MerchantKeys
+from flows.notifications.logline import _read_line
+from flows.notifications.payload import _RFC3339, _read_payload
+from flows.notifications.result import _Result, _Rows, _unreadable_row
+from wxpay.errors import DecryptionError, MalformedNotificationError, UnsupportedAlgorithmError, WxPayError
+from wxpay.notify import open_notification
+
+__all__ = ["CHECKER_VERSION"]
+
+CHECKER_VERSION = 1
+"""Recorded with every check: what a later, stricter checker can select to verify again."""
+
+_NO_ORDER = (None, None, None, None, None)
+
+
+class _Checker:
+    """Verifiers built once per process; the verifiers' clock reads the line being checked."""
+
+    def __init__(self, merchants: Mapping[str, MerchantKeys]):
+        self.now = 0.0
+        self.merchants = {mchid: (keys.verifier(self._clock), keys.api_v3_key) for mchid, keys in merchants.items()}
+
+    def _clock(self) -> float:
+        return self.now
+
+    def check(self, batch: _Batch) -> _Result:
+        rows = _Rows()
+        lines, checks = rows.lines, rows.checks
+        for (line_no, _offset, _length, sha, need_row, verify), raw in zip(
+            batch.items, _read_lines(batch), strict=True
+        ):
+            entry = _read_line(raw)
+            if type(entry) is str:
+                lines.append(_unreadable_row(line_no, len(raw), entry))
+                rows.unreadable += 1
+                continue
+            received_at, text, mchid, outcome, reason, claimed, headers, body, status = entry
+            if need_row:
+                lines.append((line_no, sha, mchid, outcome, text, claimed, status, reason, None, len(raw)))
+            if not verify:
+                continue
+            opened = None
+            try:
+                merchant = self.merchants.get(mchid)
+                if merchant is None:
+                    raise _Failure("UnknownMerchantError", f"no keys configured for merchant {mchid!r}")
+                if body is None:
+                    raise _Failure("PayloadTooLargeError", "the receiver did not keep the body (over its size limit)")
+                self.now = received_at.timestamp()  # the signature window is judged at arrival
+                try:
+                    opened = open_notification(headers, body, verifier=merchant[0], api_v3_key=merchant[1])
+                except WxPayError as exc:
+                    raise _Failure(type(exc).__name__, str(exc), signed=_after_signature(exc)) from None
+                order, subs = _read_payload(opened.id, opened.plaintext)
+                if order["combine_mchid"] != mchid:
+                    raise _Failure(
+                        "MalformedNotificationError",
+                        f"notification {opened.id} is for combine_mchid {order['combine_mchid']}, not {mchid}",
+                    )
+            except _Failure as failed:
+                serial = next((v for k, v in headers.items() if k.lower() == "wechatpay-serial"), None)
+                envelope = _envelope_row(opened) if opened is not None or not failed.signed else _claimed_envelope(body)
+                checks.append((sha, False, failed.failure, failed.detail, serial, *envelope, *_NO_ORDER))
+                rows.failed += 1
+                continue
+            checks.append(
+                (
+                    sha,
+                    True,
+                    None,
+                    None,
+                    opened.signed.serial,
+                    *_envelope_row(opened),
+                    order["combine_appid"],
+                    order["combine_mchid"],
+                    order["combine_out_trade_no"],
+                    order.get("combine_transaction_id"),
+                    len(subs),
+                )
+            )
+            rows.sub_orders += [(sha, number, *sub) for number, sub in enumerate(subs, start=1)]
+        return rows.result(batch.log_file)
+
+
+def _envelope_row(opened) -> tuple:
+    """notification_id, event_type, create_time (RFC 3339 text) of an opened notification, or NULLs."""
+    if opened is None:
+        return (None, None, None)
+    raw = opened.envelope.get("create_time")
+    return (opened.id, opened.event_type, raw if type(raw) is str else opened.create_time.isoformat())
+
+
+def _after_signature(exc: WxPayError) -> bool:
+    """Whether open_notification failed after the signature verified (envelope, algorithm, decryption)."""
+    if isinstance(exc, UnsupportedAlgorithmError):
+        return str(exc).startswith("resource algorithm")
+    return isinstance(exc, DecryptionError | MalformedNotificationError)
+
+
+def _claimed_envelope(body: bytes) -> tuple:
+    """notification_id, event_type, create_time of a signed body that could not be opened (failure path)."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return (None, None, None)
+    if type(obj) is not dict:
+        return (None, None, None)
+    texts = [obj.get(k) if type(obj.get(k)) is str else None for k in ("id", "event_type", "create_time")]
+    try:
+        if texts[2] is not None and not (_RFC3339.fullmatch(texts[2]) and datetime.fromisoformat(texts[2])):
+            texts[2] = None
+    except ValueError:
+        texts[2] = None
+    return tuple(texts)
+
+
+# --- in a worker process -----------------------------------------------------------------------
+
+_CHECKER: _Checker | None = None
+
+
+def _init_worker(merchants: dict[str, MerchantKeys]) -> None:
+    global _CHECKER  # one checker per worker process, built once
+    _CHECKER = _Checker(merchants)
+    gc.freeze()  # the modules and keys loaded so far are never garbage: keep them out of every collection
+
+
+def _check_in_worker(batch: _Batch) -> _Result:
+    assert _CHECKER is not None, "worker not initialised"
+    return _CHECKER.check(batch)
