@@ -88,6 +88,12 @@ def _print_outcome(outcome) -> None:
         f"{yuan(outcome.exposure_fen)} at stake; loaded {', '.join(outcome.loaded) or 'no bill'}"
         + (f"; no trades: {', '.join(outcome.empty)}" if outcome.empty else "")
     )
+    if outcome.opened or outcome.closed:
+        console.print(f"since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed")
+        for item in outcome.opened[:10]:
+            console.print(f"  opened {item}")
+        for item in outcome.closed[:10]:
+            console.print(f"  closed {item}")
     for problem in outcome.late:
         console.print(f"[yellow]LATE[/yellow] {problem}")
     for problem in outcome.integrity:
@@ -110,11 +116,15 @@ def _run_with_progress(run):
         transient=True,
     ) as progress:
         bars: dict[str, int] = {}
+        steps = progress.add_task("nightly run", total=len(nightly.STEPS))
 
-        def hook(mchid: str, received: int) -> None:
-            if mchid not in bars:
-                bars[mchid] = progress.add_task(f"bill {mchid}", total=None)
-            progress.update(bars[mchid], completed=received)
+        def hook(what: str, value: int) -> None:
+            if what.startswith("step: "):
+                progress.update(steps, completed=value - 1, description=what.removeprefix("step: "))
+                return
+            if what not in bars:
+                bars[what] = progress.add_task(f"bill {what}", total=None)
+            progress.update(bars[what], completed=value)
 
         nightly.progress_hook = hook
         try:

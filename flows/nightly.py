@@ -52,7 +52,16 @@ from wxpay.sim.keys import public_pem
 _settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("wxrecon_settings", default=None)
 
 progress_hook: Callable[[str, int], None] | None = None
-"""Set by the command line to draw download progress bars: called with (mchid, bytes received)."""
+"""Set by the command line to draw progress: called with (mchid, bytes received) during downloads and
+with ("step: <name>", number of the step) as the run moves from step to step."""
+
+STEPS = ("fetch bills", "load bills", "read local records", "verify notifications", "reconcile", "data checks", "alert")
+
+
+def _step(name: str) -> None:
+    hook = progress_hook
+    if hook is not None:
+        hook(f"step: {name}", STEPS.index(name) + 1)
 
 
 @contextmanager
@@ -103,6 +112,8 @@ class DayOutcome:
     exceptions: int = 0
     pending: int = 0
     exposure_fen: int = 0
+    opened: list[str] = field(default_factory=list)  # exceptions this run opened (or reopened), "class key"
+    closed: list[str] = field(default_factory=list)  # exceptions this run resolved, "class key"
     alert: Alert | None = None
     alert_sent: bool = False
 
@@ -253,6 +264,10 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {c.mchid} | {c.cls} | {c.items} | {yuan(c.exposure_fen)} |" for c in report.classes]
+    if outcome.opened or outcome.closed:
+        lines += ["", f"Since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed."]
+        lines += [f"- opened {item}" for item in outcome.opened[:20]]
+        lines += [f"- closed {item}" for item in outcome.closed[:20]]
     for label, problems in (("Late bills", outcome.late), ("Integrity", outcome.integrity)):
         if problems:
             lines += ["", f"**{label}**", *(f"- {p}" for p in problems)]
@@ -267,6 +282,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
+        _step("fetch bills")
         gate = threading.BoundedSemaphore(settings.concurrency)
         futures = fetch_task.map(unmapped(settings), settings.mchids, unmapped(bill_date), unmapped(gate))
         fetched: list[Fetched] = []
@@ -289,11 +305,16 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
                 logger.error(text)
         con = open_warehouse(settings.warehouse_path, memory_limit=settings.memory_limit)
         try:
+            _step("load bills")
             outcome.integrity += load_task(con, settings, fetched)
+            _step("read local records")
             if settings.local_orders:
                 local_task(con, settings, bill_date)
+            _step("verify notifications")
             notifications_task(con, settings, bill_date)
+            _step("reconcile")
             result = recon_task(con, settings, bill_date)
+            _step("data checks")
             outcome.integrity += checks_task(con)
             report = day_report(con, bill_date, settings.mchids, top=settings.alerts.top_items)
         finally:
@@ -301,6 +322,9 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
     outcome.run_id = result.run_id
     outcome.classes = result.classes()
     outcome.exceptions, outcome.pending, outcome.exposure_fen = report.exceptions, report.pending, report.exposure_fen
+    outcome.opened = [f"{c.to_class} {c.item_key}" for c in result.changes if c.event in ("opened", "reopened")]
+    outcome.closed = [f"{c.from_class} {c.item_key}" for c in result.changes if c.event == "resolved"]
+    _step("alert")
     outcome.alert = compose(report, settings.alerts, integrity=outcome.integrity, late=outcome.late)
     if outcome.alert is not None:
         outcome.alert_sent = alert_task(settings, outcome.alert)

@@ -134,6 +134,9 @@ def test_running_the_day_again_changes_nothing(world, tmp_path, inbox):
         second = reconcile_day(D)
     assert counts(settings) == before
     assert first.classes == second.classes
+    assert first.opened == ["amount_mismatch FL0003S1"]  # what opened since the previous run (there was none)
+    assert second.opened == []
+    assert second.closed == []
 
 
 def test_two_concurrent_runs_of_one_day_produce_no_doubles(world, tmp_path, inbox):
