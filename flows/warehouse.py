@@ -19,14 +19,19 @@ milli-fen, times TIMESTAMPTZ converted from Beijing time)::
 
 ``bill_mchid`` is the merchant whose bill it is (the load key); ``mchid`` is the 商户号 column.
 
-:func:`load_bill` follows notes/performance.md §5: DuckDB's ``read_csv`` reads the ``.gz``
-itself with the two-byte delimiter ``,``` (which also strips the backticks), every column
-VARCHAR by the header read from the file's first line, each value checked against the exact
-pattern of :mod:`wxpay.billfile` (``error()`` names line and field) and cast to integers; the
-two summary lines come back through ``store_rejects``; SHA-1 of the decompressed bytes is
-computed by ISA-L + hashlib in a parallel thread. Everything of one (mchid, bill_type,
-bill_date) is replaced in one transaction that commits only after header, rows, summary and
-SHA-1 all pass.
+:func:`load_bill` and :func:`load_bill_stream` load a bill while one pass reads it (the download
+itself, or ISA-L inflate + SHA-1 of an archived file): the decompressed text is cut into plain
+CSV part files of one DuckDB row group each, and DuckDB's ``read_csv`` of each finished part —
+the two-byte delimiter ``,``` (which also strips the backticks), every column VARCHAR by the
+header read from the file's first line, lines numbered from the part's first line — feeds one
+``INSERT … SELECT`` per batch of parts while the rest still arrives. Each row's typed values are
+checked by one regular expression built from the exact patterns of :mod:`wxpay.billfile`, then
+cast to integers without rounding. The summary block is cut off the end and compared with
+COUNT/SUM of the rows. Everything of one (mchid, bill_type, bill_date) is replaced in one
+transaction that commits only after header, rows, summary and SHA-1 all pass. A bill that is
+not clean goes through the exact path instead (``read_csv`` of the whole file with
+``store_rejects``, a regex per value and ``error()`` naming line and field), so every error
+names file, line and field. Figures: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +78,7 @@ from wxpay.errors import BillFormatError, BillHashMismatchError, BillSummaryMism
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
+    "LOAD_MEMORY_LIMIT",
     "PARSER_VERSION",
     "SQL_DIR",
     "LoadResult",
@@ -86,6 +93,12 @@ __all__ = [
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 PARSER_VERSION = "duckdb-csv/1"
 DEFAULT_MEMORY_LIMIT = "4GB"
+LOAD_MEMORY_LIMIT = "512MB"
+"""DuckDB's memory_limit while a bill loads (a higher limit of the connection is restored after).
+
+A load holds at most a few parts' rows at a time; what grows with the bill is only the cache
+of the blocks it has written, which DuckDB evicts for free under a lower limit. 5M rows peak
+at about 0.66 GB RSS with it, 0.86 GB under the 4GB default (``bench/README.md``)."""
 
 _TABLES = {
     True: ("raw.trade_bill_rows", "raw.trade_bill_summaries"),
@@ -108,8 +121,8 @@ def connect(
     """Open the warehouse file with ``preserve_insertion_order=false`` (1.1–1.2x faster loads).
 
     ``memory_limit`` bounds DuckDB's buffer pool (default :data:`DEFAULT_MEMORY_LIMIT`, 4GB:
-    a 5M-row load peaks near 1.1 GB and a 20M×20M reconciliation join fits in 2GB; beyond the
-    limit DuckDB spills); ``temp_directory`` is where it spills (DuckDB's default:
+    a 20M×20M reconciliation join fits in 2GB; beyond the limit DuckDB spills; bill loads lower
+    it to :data:`LOAD_MEMORY_LIMIT` while they run); ``temp_directory`` is where it spills (DuckDB's default:
     ``<path>.tmp``). The session time zone is left alone: the SQL here never depends on it.
     """
     config: dict[str, Any] = {"preserve_insertion_order": False, "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT}
@@ -117,7 +130,13 @@ def connect(
         config["temp_directory"] = str(temp_directory)
     if threads:
         config["threads"] = threads
-    return duckdb.connect(str(path), read_only=read_only, config=config)
+    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    _LIMITS[con] = config["memory_limit"]
+    return con
+
+
+_LIMITS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str] = weakref.WeakKeyDictionary()
+"""The memory_limit each connection was opened with, exactly (DuckDB shows it rounded)."""
 
 
 # --- migrations -----------------------------------------------------------------------------
@@ -171,6 +190,36 @@ def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         con.execute("rollback")
         raise
     con.execute("commit")
+
+
+_UNITS = {"": 1, "b": 1, "bytes": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def _size_bytes(text: str) -> float:
+    """``'512MB'``, ``'3.7 GiB'`` (how DuckDB shows it) -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].lower() not in _UNITS:
+        raise ValueError(f"not a memory size: {text!r}")
+    return float(match[1]) * _UNITS[match[2].lower()]
+
+
+@contextmanager
+def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str | None) -> Iterator[None]:
+    """Lower DuckDB's memory_limit to ``limit`` for the block (never raise it); restore it after.
+
+    The limit is restored exactly for a connection opened by :func:`connect`; for another one,
+    to what DuckDB shows (``3.7 GiB`` for 4GB: up to 0.1 of the unit lower).
+    """
+    current = _LIMITS.get(con) or con.execute("select current_setting('memory_limit')").fetchone()[0]
+    if limit is None or _size_bytes(limit) >= _size_bytes(current):
+        yield
+        return
+    con.execute(f"set memory_limit = {_quote(limit)}")
+    try:
+        yield
+    finally:
+        con.execute(f"set memory_limit = {_quote(current)}")
 
 
 # --- models and checks ----------------------------------------------------------------------
@@ -340,6 +389,8 @@ PART_LINES = 122_880
 becomes whole row groups that DuckDB compresses and writes once while the transaction is
 open; parts of fewer rows were written again at the checkpoint (1M rows in 16 MB parts: 1.4x
 the CPU and a file twice the size, see ``bench/README.md``)."""
+_MAX_PARTS = 4
+"""Parts per INSERT at most: DuckDB holds each part's rows until its statement ends."""
 _BLOCK = 1 << 20
 _MAX_STAGED = 1 << 30
 """Staged bytes not yet loaded at which the producer waits for the loader (page cache, not RSS)."""
@@ -560,13 +611,20 @@ class _Staging:
             return self._header
 
     def take(self) -> list[_Part]:
-        """Every finished part not yet taken, waiting for one; ``[]`` when the stream has ended."""
+        """Finished parts not yet taken, waiting for one; ``[]`` when the stream has ended.
+
+        While the stream goes on, an even number of parts when there are several: each part is
+        one single-threaded pipeline, so two threads finish a statement of an even number
+        together (an odd one leaves a core idle for a part's time); at the end, all of them.
+        """
         with self._cond:
             while not self._ready and not self._ended:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-            parts, self._ready = self._ready, []
+            n = len(self._ready) if self._ended or len(self._ready) == 1 else len(self._ready) // 2 * 2
+            n = min(n, _MAX_PARTS)
+            parts, self._ready = self._ready[:n], self._ready[n:]
             self._staged -= sum(p.size for p in parts)
             self._cond.notify_all()
             return parts
@@ -588,6 +646,7 @@ def load_bill(
     source_label: str = "",
     proof: BillProof | None = None,
     staging_dir: str | Path | None = None,
+    memory_limit: str | None = LOAD_MEMORY_LIMIT,
     _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> LoadResult:
     """Load one bill file (gzip or plain, told by its magic bytes) into the ``raw`` tables.
@@ -644,6 +703,7 @@ def load_bill(
         archive_sha1=archive_sha1,
         source_label=source_label,
         staging_dir=staging_dir,
+        memory_limit=memory_limit,
         _after_insert=_after_insert,
     )
 
@@ -660,6 +720,7 @@ def load_bill_stream(
     source_label: str = "",
     staging_dir: str | Path | None = None,
     part_lines: int = PART_LINES,
+    memory_limit: str | None = LOAD_MEMORY_LIMIT,
     _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> LoadResult:
     """:func:`load_bill` for a bill that is still arriving: load it while ``produce`` reads it.
@@ -679,8 +740,39 @@ def load_bill_stream(
     header, an empty line, a missing summary block...) rolls back and, once ``produce`` has
     finished, runs the exact path over the file at ``path``, whose errors name file, line and
     field; a failure of ``produce`` itself (hash mismatch, truncated gzip, broken download)
-    wins over any of those.
+    wins over any of those. DuckDB's ``memory_limit`` is lowered to ``memory_limit`` meanwhile
+    (see :data:`LOAD_MEMORY_LIMIT`; ``None`` leaves it alone).
     """
+    with _memory_limit(con, memory_limit):
+        return _load_streamed(
+            con,
+            produce,
+            path=Path(path),
+            mchid=mchid,
+            bill_date=bill_date,
+            bill_type=bill_type,
+            archive_sha1=archive_sha1,
+            source_label=source_label,
+            staging_dir=staging_dir,
+            part_lines=part_lines,
+            _after_insert=_after_insert,
+        )
+
+
+def _load_streamed(
+    con: duckdb.DuckDBPyConnection,
+    produce: Callable[[Callable[[bytes], None]], str],
+    *,
+    path: Path,
+    mchid: str,
+    bill_date: date | str,
+    bill_type: str,
+    archive_sha1: str,
+    source_label: str,
+    staging_dir: str | Path | None,
+    part_lines: int,
+    _after_insert: Callable[[duckdb.DuckDBPyConnection], None] | None,
+) -> LoadResult:
     started = time.perf_counter()
     path = Path(path)
     name = path.name

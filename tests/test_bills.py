@@ -14,7 +14,7 @@ import pytest
 import wxpay
 from tests.conftest import INITIATOR, PARTICIPANTS, combine_request
 from wxpay.billfile import BillKind, parse_summary
-from wxpay.bills import BillApplication, BillRequest, afetch_bill, download, fetch_bill
+from wxpay.bills import BillApplication, BillProof, BillRequest, afetch_bill, download, fetch_bill
 from wxpay.errors import (
     BillHashMismatchError,
     BillNotReadyError,
@@ -250,3 +250,29 @@ def test_async_fetch(day_of_trades, tmp_path):
             return await afetch_bill(c, BillRequest.trade(DAY), tmp_path / "b.gz")
 
     assert asyncio.run(run()).sha1 == hashlib.sha1(gzip.decompress((tmp_path / "b.gz").read_bytes())).hexdigest()
+
+
+def test_a_download_tees_the_bytes_it_verified_and_hands_on_its_proof(day_of_trades, tmp_path):
+    day_of_trades.clock.set(datetime(2026, 11, 27, 10, tzinfo=BEIJING))
+    pieces: list[bytes] = []
+    with participant_client(day_of_trades) as c:
+        application = c.send(BillRequest.trade(DAY).operation())
+        bill = download(c.http, application, tmp_path / "b.gz", tee=pieces.append)
+        again = fetch_bill(c, BillRequest.trade(DAY), lambda _: bill.path, reuse_existing=True)
+    content = gzip.decompress(bill.path.read_bytes())
+    assert b"".join(pieces) == content
+    assert bill.proof == BillProof(hashlib.sha1(content).hexdigest(), len(content))
+    assert again.reused
+    assert again.proof is None  # nothing was verified now: the loader hashes it
+
+
+def test_a_tee_sees_a_broken_download_but_nothing_lands(day_of_trades, tmp_path):
+    day_of_trades.clock.set(datetime(2026, 11, 27, 10, tzinfo=BEIJING))
+    day_of_trades.faults.add("download", "corrupt")
+    pieces: list[bytes] = []
+    with participant_client(day_of_trades) as c:
+        application = c.send(BillRequest.trade(DAY).operation())
+        with pytest.raises(BillHashMismatchError):
+            download(c.http, application, tmp_path / "b.gz", tee=pieces.append)
+    assert pieces  # a consumer of the tee must wait for the download's verdict
+    assert list(tmp_path.iterdir()) == []

@@ -8,13 +8,16 @@ from datetime import date, datetime, timedelta
 import pytest
 
 import wxpay
+from flows import warehouse as warehouse_module
 from flows.archive import BillArchive
-from flows.ingest import ingest_bill
+from flows.ingest import fetch_to_archive, ingest_bill, load_archived
 from flows.warehouse import connect, migrate
 from tests.conftest import INITIATOR, PARTICIPANTS, combine_request
 from wxpay.bills import BillRequest
+from wxpay.errors import BillFormatError
 from wxpay.models import BEIJING
 from wxpay.sim import serve
+from wxpay.sim.billgen import generate_trade_bill
 
 DAY = date(2026, 11, 26)
 
@@ -157,3 +160,84 @@ def test_fund_flow_bill(served, warehouse, tmp_path):
     ).fetchone()
     assert income == (12800 - 49) + (999 - 4)
     assert expense == 2000 - 8
+
+
+# --- loading while the bill downloads ----------------------------------------------------------
+
+QUIET_DAY = DAY - timedelta(days=1)  # no trades in the simulator: a generated bill is published for it
+
+
+def publish_generated(sim, tmp_path, **kw):
+    path = tmp_path / "generated.csv.gz"
+    fp = generate_trade_bill(path, rows=150_000, seed=5, bill_date=QUIET_DAY, mchid=PARTICIPANTS[0], **kw)
+    sim.bills.publish_file(PARTICIPANTS[0], QUIET_DAY, path, fp.sha1)
+    return fp
+
+
+def test_a_large_bill_is_loaded_while_it_downloads(served, warehouse, tmp_path):
+    sim, url = served
+    fp = publish_generated(sim, tmp_path)
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        result = ingest_bill(warehouse, c, archive, BillRequest.trade(QUIET_DAY))
+    assert (result.outcome, result.downloaded, result.attempts) == ("loaded", True, 1)
+    assert (result.load.loader, result.load.row_count) == ("streamed", fp.row_count)
+    got = warehouse.execute(
+        "select count(*), sum(settlement_amount_fen), sum(refund_amount_fen), sum(fee_millifen), min(line_no),"
+        " max(line_no), count(distinct archive_sha1) from raw.trade_bill_rows where bill_date = ?",
+        [QUIET_DAY],
+    ).fetchone()
+    assert got == (
+        fp.row_count,
+        fp.settlement_amount_fen,
+        fp.refund_amount_fen,
+        fp.fee_millifen,
+        2,
+        fp.row_count + 1,
+        1,
+    )
+    stored = archive.latest(PARTICIPANTS[0], "trade_all", QUIET_DAY)
+    assert stored.sha1 == fp.sha1
+    assert stored.metadata()["decompressed_size"] == fp.uncompressed_bytes
+    assert stored.metadata()["loaded_rows"] == fp.row_count
+
+
+def test_a_bad_value_in_a_streamed_bill_is_named_the_bill_archived_and_nothing_loaded(served, warehouse, tmp_path):
+    sim, url = served
+    fp = publish_generated(sim, tmp_path, bad_amount_row=140_000)
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c, pytest.raises(BillFormatError) as info:
+        ingest_bill(warehouse, c, archive, BillRequest.trade(QUIET_DAY))
+    assert (info.value.line, info.value.field) == (fp.bad_line, "应结订单金额")
+    assert "'3.315'" in str(info.value)
+    assert totals(warehouse, PARTICIPANTS[0], QUIET_DAY)[0] == 0
+    assert warehouse.execute("select count(*) from raw.bill_loads").fetchone() == (0,)
+    assert [f.sha1 for f in archive.files(PARTICIPANTS[0], "trade_all", QUIET_DAY)] == [fp.sha1]  # verified: kept
+
+
+def test_a_first_download_that_breaks_off_is_fetched_again(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    sim.faults.add("download", "truncate")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        result = ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+    assert (result.outcome, result.attempts) == ("loaded", 2)
+    assert totals(warehouse, PARTICIPANTS[0], DAY) == summary(warehouse, PARTICIPANTS[0], DAY)
+    assert totals(warehouse, PARTICIPANTS[0], DAY)[0] == 3
+    assert len(archive.files(PARTICIPANTS[0], "trade_all", DAY)) == 1
+
+
+def test_a_bill_fetched_first_is_loaded_on_the_downloads_proof(served, warehouse, tmp_path, monkeypatch):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        fetched = fetch_to_archive(c, archive, BillRequest.trade(DAY))
+    assert fetched.proof is not None
+    assert fetched.proof.sha1 == fetched.archived.sha1
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("hashed again despite the proof")
+
+    monkeypatch.setattr(warehouse_module.hashlib, "sha1", no_hashing)
+    result = load_archived(warehouse, archive, fetched)
+    assert (result.outcome, result.load.row_count) == ("loaded", 3)

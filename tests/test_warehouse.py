@@ -11,9 +11,20 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.warehouse import SQL_DIR, LoadResult, connect, load_bill, migrate, run_checks, run_models
+from flows import warehouse
+from flows.warehouse import (
+    SQL_DIR,
+    LoadResult,
+    connect,
+    load_bill,
+    load_bill_stream,
+    migrate,
+    run_checks,
+    run_models,
+)
 from tests.test_billfile import SPEC_EXAMPLE_LINES, SPEC_EXAMPLE_SHA1, at, spec_example_rows
 from wxpay.billfile import HEADERS, TRADE_COLUMNS, BillKind, columns_for
+from wxpay.bills import BillProof
 from wxpay.errors import BillFormatError, BillHashMismatchError, BillSummaryMismatchError, BillTruncatedError
 from wxpay.sim.billgen import generate_trade_bill
 from wxpay.sim.billrender import render_bill, render_fund_flow_bill, render_trade_bill
@@ -635,3 +646,125 @@ def test_the_connection_stays_usable_after_a_failed_load(tmp_path, con):
     temp_tables = con.execute("select count(*) from duckdb_tables() where temporary").fetchone()[0]
     assert temp_tables == 0  # the rejects tables are dropped
     assert isinstance(con, duckdb.DuckDBPyConnection)
+
+
+# --- the streamed path: staged parts, proofs, memory ----------------------------------------
+
+
+def streamed(con, data: bytes, sha1: str, *, part_lines: int, piece: int, tmp_path: Path, **kw) -> LoadResult:
+    """Load ``data`` through load_bill_stream, fed in pieces of ``piece`` bytes, staged in parts of ``part_lines``."""
+
+    def produce(feed):
+        for start in range(0, len(data), piece):
+            feed(data[start : start + piece])
+        return hashlib.sha1(data).hexdigest()
+
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    result = load_bill_stream(
+        con,
+        produce,
+        path=tmp_path / "streamed.csv",
+        mchid=MCHID,
+        bill_date=DAY,
+        bill_type="trade_all",
+        archive_sha1=sha1,
+        part_lines=part_lines,
+        staging_dir=staging,
+        **kw,
+    )
+    assert list(staging.iterdir()) == []  # the part files are gone
+    return result
+
+
+@pytest.mark.parametrize("part_lines", [3, 4, 5, 7, 122_880])
+@pytest.mark.parametrize(("piece", "tail"), [(1, b""), (10, b"\r\n\r\n"), (1 << 20, b"\r\n")])
+def test_parts_of_any_size_fed_in_any_pieces_load_the_same(tmp_path, con, part_lines, piece, tail):
+    data = spec_example_bytes() + tail
+    result = streamed(con, data, hashlib.sha1(data).hexdigest(), part_lines=part_lines, piece=piece, tmp_path=tmp_path)
+    assert (result.loader, result.row_count) == ("streamed", 3)
+    assert totals(con) == (3, 16350, 2000, 0, 86000, 16350, 2000)
+    assert con.execute("select list(line_no order by line_no) from raw.trade_bill_rows").fetchone()[0] == [2, 3, 4]
+    assert con.execute("select line_no, row_count from raw.trade_bill_summaries").fetchall() == [(5, 3)]
+
+
+def test_a_large_bill_in_many_small_parts_keeps_every_line_number(tmp_path, con, big_bill):
+    path, fp = big_bill
+    data = gzip.decompress(path.read_bytes())
+    result = streamed(con, data, fp.sha1, part_lines=9_999, piece=333_333, tmp_path=tmp_path)
+    assert (result.loader, result.row_count) == ("streamed", fp.row_count)
+    misplaced = con.execute(
+        "select count(*) from raw.trade_bill_rows"
+        " where trade_state = 'SUCCESS' and cast(right(out_trade_no, 9) as bigint) + 2 <> line_no"
+    ).fetchone()[0]
+    assert misplaced == 0
+    got = con.execute(
+        "select count(distinct line_no), min(line_no), max(line_no), sum(fee_millifen) from raw.trade_bill_rows"
+    )
+    assert got.fetchone() == (fp.row_count, 2, fp.row_count + 1, fp.fee_millifen)
+
+
+def test_a_clean_bill_takes_the_streamed_path_and_a_bad_one_the_exact_path(tmp_path, con):
+    path, sha1 = write(tmp_path, "good.csv.gz", spec_example_bytes(), gz=True)
+    assert load(con, path, sha1).loader == "streamed"
+    # beyond DECIMAL(18,2) but within BIGINT: the streamed casts refuse it, the exact path loads it
+    huge = 1_234_567_890_123_456_700  # fen: 17 digits of yuan
+    rows = [{**r, "settlement_amount_fen": huge, "order_amount_fen": huge} if i == 1 else r
+            for i, r in enumerate(spec_example_rows())]  # fmt: skip
+    path, sha1 = write(tmp_path, "huge.csv", render_trade_bill(rows))
+    result = load(con, path, sha1)
+    assert (result.loader, result.summary["settlement_amount_fen"]) == ("exact", huge + 3550)
+
+
+def test_a_proof_spares_the_second_hash_but_not_the_gzip_check(tmp_path, con, monkeypatch):
+    data = spec_example_bytes()
+    path, sha1 = write(tmp_path, "bill.csv.gz", data, gz=True)
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("hashed again despite the proof")
+
+    with monkeypatch.context() as m:
+        m.setattr(warehouse.hashlib, "sha1", no_hashing)
+        assert load(con, path, sha1, proof=BillProof(sha1, len(data))).row_count == 3
+    with pytest.raises(BillHashMismatchError, match="the verified one had"):
+        load(con, path, sha1, proof=BillProof(sha1, len(data) + 1))
+    with pytest.raises(ValueError, match="the proof is for"):
+        load(con, path, sha1, proof=BillProof("1" * 40, len(data)))
+    assert totals(con)[0] == 3  # the first load stands
+
+
+def test_a_failing_producer_loads_nothing_and_leaves_no_parts(tmp_path, con):
+    load(con, *write(tmp_path, "v1.csv", spec_example_bytes()))
+    before = day_rows(con)
+    data = render_trade_bill(spec_example_rows() * 30_000)
+
+    def produce(feed):
+        feed(data[: len(data) // 2])
+        raise ConnectionError("the download broke off")
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(ConnectionError, match="broke off"):
+        load_bill_stream(
+            con, produce, path=tmp_path / "x.csv", mchid=MCHID, bill_date=DAY, bill_type="trade_all",
+            archive_sha1="0" * 40, part_lines=1000, staging_dir=staging,
+        )  # fmt: skip
+    assert day_rows(con) == before
+    assert list(staging.iterdir()) == []
+
+
+def test_a_load_lowers_the_memory_limit_and_restores_it(tmp_path, sql_dir):
+    connection = connect(tmp_path / "w.duckdb", memory_limit="3GB")
+    migrate(connection, sql_dir=sql_dir)
+    seen = []
+    path, sha1 = write(tmp_path, "bill.csv", spec_example_bytes())
+
+    def limit(c):
+        seen.append(c.execute("select current_setting('memory_limit')").fetchone()[0])
+
+    load(connection, path, sha1, _after_insert=limit)
+    load(connection, path, sha1, _after_insert=limit, memory_limit=None)
+    after = connection.execute("select current_setting('memory_limit')").fetchone()[0]
+    connection.close()
+    assert seen == ["488.2 MiB", "2.7 GiB"]
+    assert after == "2.7 GiB"  # 3GB, as DuckDB shows it
