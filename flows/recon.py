@@ -22,7 +22,6 @@ comparisons, ``fee_tolerance_fen`` (default 0) in the fee check.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from flows.notifylog import UNROUTED
-from flows.warehouse import SQL_DIR, run_models
+from flows.warehouse import SQL_DIR, _ordered, _transaction, run_models
 
 PENDING_DAYS = 2
 MAX_LOOKBACK_DAYS = 31  # a pending item older than this is not re-evaluated any more
@@ -60,8 +59,6 @@ CLASSES = (
     "refund_missing_in_bill",
 )
 """Every class an item can have; everything but ``matched`` is an exception (``pending`` is a waiting one)."""
-
-_REFERENCE = re.compile(r"\b([a-z_]+)\.([a-z0-9_]+)\b")
 
 
 @dataclass(frozen=True)
@@ -130,26 +127,6 @@ class ReconResult:
 # --- layers ---------------------------------------------------------------------------------
 
 
-def _ordered(folder: Path, layer: str) -> list[Path]:
-    """The layer's SQL files, each after the files of the same layer it reads (``layer.name``)."""
-    files = {f.stem: f for f in sorted(folder.glob("*.sql"))}
-    needs = {
-        name: {ref for schema, ref in _REFERENCE.findall(path.read_text()) if schema == layer and ref in files} - {name}
-        for name, path in files.items()
-    }
-    ordered: list[Path] = []
-    done: set[str] = set()
-    while needs:
-        ready = sorted(n for n, deps in needs.items() if deps <= done)
-        if not ready:
-            raise ValueError(f"circular references between models of {layer}: {sorted(needs)}")
-        for name in ready:
-            ordered.append(files[name])
-            done.add(name)
-            del needs[name]
-    return ordered
-
-
 def build_tables(con: duckdb.DuckDBPyConnection, layer: str, *, sql_dir: Path = SQL_DIR) -> list[str]:
     """``create or replace table <layer>.<stem> as <file>`` for each model, in dependency order."""
     names = []
@@ -216,19 +193,6 @@ def import_local(
 
 
 # --- the run --------------------------------------------------------------------------------
-
-
-class _transaction:
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-
-    def __enter__(self):
-        self.con.execute("begin transaction")
-        return self.con
-
-    def __exit__(self, exc_type, exc, tb):
-        self.con.execute("rollback" if exc_type else "commit")
-        return False
 
 
 def _window_start(con: duckdb.DuckDBPyConnection, params: ReconParams) -> date:

@@ -611,6 +611,21 @@ def test_staging_models_split_payments_and_refunds_without_double_counting(tmp_p
     assert only_success == [("trade_success", 2)]  # without an ALL bill, the SUCCESS bill is the source
 
 
+def test_models_are_created_after_the_models_of_their_layer_they_read(tmp_path):
+    (tmp_path / "layer").mkdir()
+    (tmp_path / "layer" / "a_total.sql").write_text("select sum(n) as total from layer.b_doubled")
+    (tmp_path / "layer" / "b_doubled.sql").write_text("select 2 * n as n from layer.c_base")
+    (tmp_path / "layer" / "c_base.sql").write_text("select 1 as n union all select 2;\n")
+    (tmp_path / "layer" / "d_alone.sql").write_text("select 1 as one")
+    with duckdb.connect() as memory:
+        names = run_models(memory, "layer", sql_dir=tmp_path)
+        assert names == ["layer.c_base", "layer.d_alone", "layer.b_doubled", "layer.a_total"]
+        assert memory.execute("select total from layer.a_total").fetchone() == (6,)
+    (tmp_path / "layer" / "c_base.sql").write_text("select n from layer.a_total")
+    with duckdb.connect() as memory, pytest.raises(ValueError, match="circular references between models of layer"):
+        run_models(memory, "layer", sql_dir=tmp_path)
+
+
 def test_checks_are_empty_when_healthy_and_return_the_bad_rows(tmp_path, con, sql_dir):
     path, sha1 = write(tmp_path, "all.csv", spec_example_bytes())
     load(con, path, sha1)

@@ -9,7 +9,7 @@ The catalog of columns and layouts is :mod:`wxpay.billformat`; the value kinds, 
 ``*_PATTERN`` texts, units (fen, milli-fen, Beijing times, exact rates) and the fee rule are
 :mod:`wxpay.billvalues`. Both are re-exported here, so ``from wxpay.billfile import ...`` reaches
 the whole bill format. Nothing here goes through ``float``. This module knows nothing of DuckDB:
-the loader in ``flows/warehouse.py`` turns the :class:`Column` specs and the ``*_PATTERN``
+the loaders in ``flows/bill*.py`` turn the :class:`Column` specs and the ``*_PATTERN``
 regular expressions into SQL, so Python and SQL accept exactly the same text.
 """
 

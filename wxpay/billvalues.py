@@ -11,7 +11,7 @@ Units, everywhere downstream of the bill parser:
 * fee rates (``0.60%``) are kept as printed and as an exact :class:`~decimal.Decimal` fraction
   (``Decimal("0.006")``).
 
-Nothing here goes through ``float``. The loader in ``flows/warehouse.py`` turns the ``*_PATTERN``
+Nothing here goes through ``float``. The loaders in ``flows/bill*.py`` turn the ``*_PATTERN``
 regular expressions below into SQL, so Python and SQL accept exactly the same text. Every parser
 raises :class:`~wxpay.errors.BillFormatError` naming the file, line and field.
 """
