@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -229,27 +229,15 @@ def download(
     ``tee`` gets the decompressed bytes as they are verified (see :class:`BillSink`); it sees
     the whole bill only if the download returns: anything it built must wait for that.
     """
-    target = Path(dest)
-    tmp = _temp_beside(target)
-    try:
+    with _Download(application, dest, gzip=gzip, on_progress=on_progress, tee=tee) as job:
         with http.stream("GET", application.download_url) as response:
             if not response.is_success:
                 response.read()
                 raise _download_error(response)
-            with tmp.open("wb") as handle:
-                sink = BillSink(handle, gzip=gzip, source=str(target), tee=tee)
-                for chunk in response.iter_bytes():
-                    sink.feed(chunk)
-                    if on_progress:
-                        on_progress(sink.received)
-        actual = sink.finish()
-        check_digest(application.hash_value, actual, str(target))
-        _publish(tmp, target)
-        return DownloadedBill(target, actual, sink.received, sink.decompressed, application)
-    except httpx.HTTPError as exc:
-        raise BillDownloadError(f"download of {target.name} broke off: {type(exc).__name__}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+            job.begin()
+            for chunk in response.iter_bytes():
+                job.feed(chunk)
+        return job.complete()
 
 
 async def adownload(
@@ -262,27 +250,63 @@ async def adownload(
     tee: Callable[[bytes], None] | None = None,
 ) -> DownloadedBill:
     """:func:`download` for an :class:`httpx.AsyncClient` (file writes stay synchronous: they are local)."""
-    target = Path(dest)
-    tmp = _temp_beside(target)
-    try:
+    with _Download(application, dest, gzip=gzip, on_progress=on_progress, tee=tee) as job:
         async with http.stream("GET", application.download_url) as response:
             if not response.is_success:
                 await response.aread()
                 raise _download_error(response)
-            with tmp.open("wb") as handle:
-                sink = BillSink(handle, gzip=gzip, source=str(target), tee=tee)
-                async for chunk in response.aiter_bytes():
-                    sink.feed(chunk)
-                    if on_progress:
-                        on_progress(sink.received)
-        actual = sink.finish()
-        check_digest(application.hash_value, actual, str(target))
-        _publish(tmp, target)
-        return DownloadedBill(target, actual, sink.received, sink.decompressed, application)
-    except httpx.HTTPError as exc:
-        raise BillDownloadError(f"download of {target.name} broke off: {type(exc).__name__}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+            job.begin()
+            async for chunk in response.aiter_bytes():
+                job.feed(chunk)
+        return job.complete()
+
+
+class _Download:
+    """What one download does that does not wait on the network, for :func:`download` and :func:`adownload`:
+    a temporary file beside ``dest``, the sink, the digest check, the rename, the cleanup."""
+
+    def __init__(
+        self,
+        application: BillApplication,
+        dest: str | Path,
+        *,
+        gzip: bool,
+        on_progress: Callable[[int], None] | None,
+        tee: Callable[[bytes], None] | None,
+    ):
+        self.application = application
+        self.target = Path(dest)
+        self.tmp = _temp_beside(self.target)
+        self._gzip, self._on_progress, self._tee = gzip, on_progress, tee
+        self._file = None
+        self._sink: BillSink | None = None
+
+    def __enter__(self) -> _Download:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+        if isinstance(exc, httpx.HTTPError):
+            raise BillDownloadError(f"download of {self.target.name} broke off: {type(exc).__name__}: {exc}") from None
+
+    def begin(self) -> None:
+        self._file = self.tmp.open("wb")
+        self._sink = BillSink(self._file, gzip=self._gzip, source=str(self.target), tee=self._tee)
+
+    def feed(self, chunk: bytes) -> None:
+        self._sink.feed(chunk)
+        if self._on_progress:
+            self._on_progress(self._sink.received)
+
+    def complete(self) -> DownloadedBill:
+        self._file.close()
+        self._file = None
+        actual = self._sink.finish()
+        check_digest(self.application.hash_value, actual, str(self.target))
+        _publish(self.tmp, self.target)
+        return DownloadedBill(self.target, actual, self._sink.received, self._sink.decompressed, self.application)
 
 
 def _download_error(response: httpx.Response) -> Exception:
@@ -294,6 +318,34 @@ def _download_error(response: httpx.Response) -> Exception:
 
 def _expired(applied_at: float, lifetime: float, margin: float = 1.0) -> bool:
     return time.monotonic() - applied_at > lifetime - margin
+
+
+_RETRIED = (BillDownloadError, BillTruncatedError, TransportError)
+"""What makes :func:`fetch_bill` apply again (a hash mismatch does not: see there)."""
+
+
+def _before_download(
+    dest: str | Path | Callable[[BillApplication], Path],
+    application: BillApplication,
+    applied_at: float,
+    attempt: int,
+    *,
+    url_lifetime: float,
+    reuse_existing: bool,
+) -> tuple[Path, DownloadedBill | None]:
+    """Where this application's file goes, and the result when nothing needs downloading.
+
+    Raises :class:`BillDownloadError` when the URL expired before the download could start.
+    """
+    target = dest(application) if callable(dest) else Path(dest)
+    if reuse_existing and target.exists():
+        reused = DownloadedBill(
+            target, application.hash_value.lower(), target.stat().st_size, 0, application, attempt, reused=True
+        )
+        return target, reused
+    if _expired(applied_at, url_lifetime):
+        raise BillDownloadError("download URL expired before the download could start")
+    return target, None
 
 
 def fetch_bill(
@@ -317,20 +369,22 @@ def fetch_bill(
     for attempt in range(1, max_attempts + 1):
         application = client.send(request.operation())
         applied_at = time.monotonic()
-        target = dest(application) if callable(dest) else Path(dest)
-        if reuse_existing and target.exists():
-            return DownloadedBill(
-                target, application.hash_value.lower(), target.stat().st_size, 0, application, attempt, reused=True
-            )
-        if _expired(applied_at, url_lifetime):
-            last = BillDownloadError("download URL expired before the download could start")
-            continue
         try:
+            target, done = _before_download(
+                dest,
+                application,
+                applied_at,
+                attempt,
+                url_lifetime=url_lifetime,
+                reuse_existing=reuse_existing,
+            )
+            if done is not None:
+                return done
             result = download(client.http, application, target, gzip=request.gzip, on_progress=on_progress)
-        except (BillDownloadError, BillTruncatedError, TransportError) as exc:
+        except _RETRIED as exc:
             last = exc
             continue
-        return DownloadedBill(result.path, result.sha1, result.size, result.decompressed_size, application, attempt)
+        return replace(result, attempts=attempt)
     assert last is not None
     raise last
 
@@ -350,19 +404,21 @@ async def afetch_bill(
     for attempt in range(1, max_attempts + 1):
         application = await client.send(request.operation())
         applied_at = time.monotonic()
-        target = dest(application) if callable(dest) else Path(dest)
-        if reuse_existing and target.exists():
-            return DownloadedBill(
-                target, application.hash_value.lower(), target.stat().st_size, 0, application, attempt, reused=True
-            )
-        if _expired(applied_at, url_lifetime):
-            last = BillDownloadError("download URL expired before the download could start")
-            continue
         try:
+            target, done = _before_download(
+                dest,
+                application,
+                applied_at,
+                attempt,
+                url_lifetime=url_lifetime,
+                reuse_existing=reuse_existing,
+            )
+            if done is not None:
+                return done
             result = await adownload(client.http, application, target, gzip=request.gzip, on_progress=on_progress)
-        except (BillDownloadError, BillTruncatedError, TransportError) as exc:
+        except _RETRIED as exc:
             last = exc
             continue
-        return DownloadedBill(result.path, result.sha1, result.size, result.decompressed_size, application, attempt)
+        return replace(result, attempts=attempt)
     assert last is not None
     raise last
