@@ -1,5 +1,6 @@
--- Every exception ever found, with its state (open, pending, resolved), age and evidence. Age is counted
--- in days from the item's bill day to the newest reconciled day (for resolved ones: to their resolution).
+-- Every exception ever found, with its state (open, pending, resolved), age and evidence. Age is business
+-- time: days from the item's bill day to the newest reconciled day, or, for a resolved one, to the reconciled
+-- day of the run that resolved it (never the wall-clock resolved_at, which is an audit stamp only).
 with
 
 exceptions as (
@@ -40,8 +41,12 @@ exceptions as (
     from recon.exceptions
 ),
 
+runs as (
+    select run_id, as_of_date from recon.runs
+),
+
 newest as (
-    select max(as_of_date) as as_of_date from recon.runs
+    select max(as_of_date) as as_of_date from runs
 )
 
 select
@@ -54,7 +59,7 @@ select
     exceptions.recon_date,
     case
         when exceptions.state = 'resolved'
-            then cast(timezone('Asia/Shanghai', exceptions.resolved_at) as date) - exceptions.recon_date
+            then resolving.as_of_date - exceptions.recon_date
         else newest.as_of_date - exceptions.recon_date
     end as age_days,
     exceptions.first_seen_run,
@@ -89,3 +94,4 @@ select
     exceptions.detail
 from exceptions
 cross join newest
+left join runs as resolving on exceptions.resolved_run = resolving.run_id
