@@ -346,8 +346,7 @@ def _db_size(path: Path) -> int:
 
 
 def work_e2e(spec: dict) -> dict:
-    from flows.archive import BillArchive
-    from flows.ingest import ingest_bill
+    from flows.bills import BillArchive, ingest_bill
     from flows.warehouse import connect, migrate
     from wxpay.bills import BillRequest
 
@@ -375,8 +374,7 @@ def work_e2e(spec: dict) -> dict:
 
 
 def work_fetchload(spec: dict) -> dict:
-    from flows.archive import BillArchive
-    from flows.ingest import fetch_to_archive, load_archived
+    from flows.bills import BillArchive, fetch_to_archive, load_archived
     from flows.warehouse import connect, migrate
     from wxpay.bills import BillRequest
 
@@ -393,8 +391,7 @@ def work_fetchload(spec: dict) -> dict:
 
 
 def work_negative(spec: dict) -> dict:
-    from flows.archive import BillArchive
-    from flows.ingest import ingest_bill
+    from flows.bills import BillArchive, ingest_bill
     from flows.warehouse import connect, migrate
     from wxpay.bills import BillRequest
     from wxpay.errors import BillFormatError

@@ -74,7 +74,7 @@ def _keys(cache: Path, seed: int) -> dict:
 def _make_part(args: tuple) -> tuple[int, list[tuple[str, bytes]], int, int]:
     """Lines first..first+count-1: (day file name, line bytes) each, and the sub-order count and fen sum."""
     first, count, total, days, seed, keys = args
-    from flows.notifylog import LogEntry
+    from flows.notifications import LogEntry
     from wxpay.models import BEIJING, format_rfc3339
     from wxpay.signing import SCHEME, load_private_key, response_message, sign
     from wxpay.sim.notifier import envelope
@@ -321,8 +321,7 @@ select
 
 
 def run_verify(info: dict, db: Path, workers: int, *, again: bool = False) -> dict:
-    from flows.notifications import MerchantKeys, verify_log
-    from flows.notifylog import NotificationLog
+    from flows.notifications import MerchantKeys, NotificationLog, verify_log
     from flows.warehouse import connect
 
     keys = info["keys"]
@@ -372,28 +371,31 @@ def breakdown(info: dict, cache: Path, sample: int = 8192, repeats: int = 5) -> 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    from flows import notifications as nt
+    from flows.notifications import MerchantKeys, checker, lines, verification
     from flows.warehouse import connect, migrate
     from wxpay import aead, notify
     from wxpay.signing import response_message
     from wxpay.verifying import SignedHeaders, load_public_key
 
     keys = info["keys"]
-    merchant = nt.MerchantKeys.from_public_key(keys["key_id"], keys["public_pem"], keys["api_v3_key"])
+    merchant = MerchantKeys.from_public_key(keys["key_id"], keys["public_pem"], keys["api_v3_key"])
     path = sorted((Path(info["root"]) / MCHID).glob("*.jsonl"))[0]
-    [(first, spans, digests, _)] = [group for group in nt._scan(path)][:1]
+    [(first, spans, digests, _)] = [group for group in verification.scan_lines(path)][:1]
     spans, digests = spans[:sample], digests[:sample]
     batches = [
-        nt._Batch(
+        checker.Batch(
             f"{MCHID}/{path.name}",
             str(path),
-            [(first + i, *spans[i], digests[i], True, True) for i in range(j, min(j + nt.BATCH_LINES, len(spans)))],
+            [
+                (first + i, *spans[i], digests[i], True, True)
+                for i in range(j, min(j + verification.BATCH_LINES, len(spans)))
+            ],
         )
-        for j in range(0, len(spans), nt.BATCH_LINES)
+        for j in range(0, len(spans), verification.BATCH_LINES)
     ]
-    raws = [line for batch in batches for line in nt._read_lines(batch)]
-    parsed = [nt._read_line(r) for r in raws]
-    checker = nt._Checker({MCHID: merchant})
+    raws = [line for batch in batches for line in checker.read_batch_lines(batch)]
+    parsed = [lines.read_line(r) for r in raws]
+    checker = checker.Checker({MCHID: merchant})
     verifier, api_key = checker.merchants[MCHID]
     public = load_public_key(keys["public_pem"])
     pad, digest = padding.PKCS1v15(), hashes.SHA256()
@@ -409,7 +411,7 @@ def breakdown(info: dict, cache: Path, sample: int = 8192, repeats: int = 5) -> 
         checker.now = e[0].timestamp()
         opened.append(notify.open_notification(e[6], e[7], verifier=verifier, api_v3_key=api_key))
     results = [checker.check(b) for b in batches]
-    per_file = sum(len(group[1]) for group in nt._scan(path))
+    per_file = sum(len(group[1]) for group in verification.scan_lines(path))
 
     def each(fn, items) -> None:
         """Call ``fn`` on every item, dropping the results as they come as a worker does (keeping them all
@@ -440,7 +442,7 @@ def breakdown(info: dict, cache: Path, sample: int = 8192, repeats: int = 5) -> 
         db.unlink(missing_ok=True)
         con = connect(db)
         migrate(con)
-        run = nt._Run(con, {}, False, datetime.now(BEIJING_UTC))
+        run = verification.VerificationRun(con, {}, False, datetime.now(BEIJING_UTC))
         try:
             started = time.process_time()
             run._write(results, set(), [])
@@ -457,9 +459,12 @@ def breakdown(info: dict, cache: Path, sample: int = 8192, repeats: int = 5) -> 
             aead.decrypt(api_key, r["nonce"], r["ciphertext"], r["associated_data"])
 
     steps = [
-        ("parent: map the file, find lines, sha256 each", cpu(lambda: list(nt._scan(path))) * len(raws) / per_file),
-        ("worker: pread the batch + re-hash each line", cpu(lambda: each(lambda b: nt._read_lines(b), batches))),
-        ("read the log line (JSON + the reader's checks)", cpu(lambda: each(lambda r: nt._read_line(r), raws))),
+        (
+            "parent: map the file, find lines, sha256 each",
+            cpu(lambda: list(verification.scan_lines(path))) * len(raws) / per_file,
+        ),
+        ("worker: pread the batch + re-hash each line", cpu(lambda: each(checker.read_batch_lines, batches))),
+        ("read the log line (JSON + the reader's checks)", cpu(lambda: each(lambda r: lines.read_line(r), raws))),
         (
             "bare public_key.verify (the floor)",
             cpu(lambda: each(lambda ms: public.verify(ms[1], ms[0], pad, digest), signed)),
@@ -474,7 +479,7 @@ def breakdown(info: dict, cache: Path, sample: int = 8192, repeats: int = 5) -> 
         ("  aead.decrypt", cpu(resources)),
         (
             "read the decrypted payload (JSON + strict checks)",
-            cpu(lambda: each(lambda o: nt._read_payload(o.id, o.plaintext), opened)),
+            cpu(lambda: each(lambda o: lines.read_payload(o.id, o.plaintext), opened)),
         ),
         ("worker task, all of it (_Checker.check incl. Arrow)", cpu(lambda: each(lambda b: checker.check(b), batches))),
         (
@@ -496,8 +501,6 @@ def machine() -> list[str]:
     import pyarrow
     from cryptography.hazmat.backends.openssl.backend import backend
 
-    from flows import notifications
-
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -515,9 +518,12 @@ def machine() -> list[str]:
         ),
         0,
     )
-    orjson = (
-        getattr(notifications._orjson, "__version__", "not installed") if notifications._orjson else "not installed"
-    )
+    try:
+        import orjson as orjson_module
+
+        orjson = getattr(orjson_module, "__version__", "installed")
+    except ImportError:
+        orjson = "not installed"
     del mem
     return [
         f"machine: {platform.node()}  nproc={os.cpu_count()}  {cpu}  RAM {total / 1024**2:.1f} GiB",

@@ -160,8 +160,8 @@ def run(
     """Reconcile one day now (the nightly flow, run once)."""
     _quiet_prefect()
     settings = _settings(config)
-    from flows.locks import RunInProgress, WarehouseBusy
     from flows.nightly import reconcile_day, using
+    from flows.warehouse import RunInProgress, WarehouseBusy
 
     bill_date = _date(day) if day else None
     try:
@@ -262,8 +262,7 @@ def receiver(
     settings = _settings(config)
     import uvicorn
 
-    from flows.notifylog import NotificationLog
-    from flows.receiver import ReceiverMerchant, create_app
+    from flows.notifications import NotificationLog, ReceiverMerchant, create_app
 
     merchants = {}
     for merchant in settings.merchants:

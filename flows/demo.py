@@ -32,8 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.notifylog import NotificationLog
-from flows.receiver import ReceiverMerchant, create_app, serve_receiver
+from flows.notifications import NotificationLog, ReceiverMerchant, create_app, serve_receiver
 from flows.settings import Settings
 from flows.sources import LOCAL_ORDER_SCHEMA, LOCAL_REFUND_SCHEMA, LocalOrdersSource, LocalRefundsSource
 from wxpay import Client, CombineNativeRequest, CombinePaymentNotification

@@ -12,7 +12,7 @@
 6. alert finance when the thresholds are passed, a bill is late or integrity fails;
 7. leave a markdown artifact with the day's summary table.
 
-A second run while one is in progress waits for it (``flows.locks.run_lock``) and then
+A second run while one is in progress waits for it (``flows.warehouse.run_lock``) and then
 replaces what it wrote, so nothing doubles. Every step is a plain function elsewhere; the
 tasks here only wire them. ``python -m flows.nightly [YYYY-MM-DD]`` runs one day.
 """
@@ -35,19 +35,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerts import Alert, DayReport, compose, day_report, send, yuan
-from flows.archive import BillArchive
-from flows.ingest import Fetched, fetch_to_archive, load_archived, record_bill_fetch
-from flows.locks import open_warehouse, run_lock
-from flows.notifications import MerchantKeys, verify_log
-from flows.notifylog import NotificationLog
-from flows.recon import ReconParams, ReconResult, import_local, reconcile
+from flows.bills import BillArchive, Fetched, fetch_to_archive, load_archived, record_bill_fetch
+from flows.notifications import MerchantKeys, NotificationLog, verify_log
+from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
-from flows.sources import bill_day_window, read_local_orders, read_local_refunds
-from flows.warehouse import run_checks
+from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
+from flows.warehouse import open_warehouse, run_checks, run_lock
 from wxpay.bills import BillRequest
 from wxpay.errors import BillError, BillNotReadyError, WxPayError
 from wxpay.models import BEIJING
-from wxpay.sim.keys import public_pem
+from wxpay.verifying import public_key_pem
 
 _settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("wxrecon_settings", default=None)
 
@@ -214,7 +211,7 @@ def notification_keys(settings: Settings) -> dict[str, MerchantKeys]:
             with merchant.client(settings.api_base_url) as client:
                 client.refresh_certificates()
                 for serial, key in client.verifier.public_keys().items():
-                    public.setdefault(serial, public_pem(key))
+                    public.setdefault(serial, public_key_pem(key))
         keys[merchant.mchid] = MerchantKeys(merchant.api_v3_key.get_secret_value(), public)
     return keys
 

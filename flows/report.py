@@ -6,7 +6,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.locks import open_warehouse
+from flows.warehouse import open_warehouse
 
 
 def _rows(warehouse: Path, sql: str, args: list[Any]) -> list[dict[str, Any]]:

@@ -20,11 +20,8 @@ import httpx
 import pyarrow as pa
 
 import wxpay
-from flows.archive import BillArchive
-from flows.ingest import ingest_bill
-from flows.notifications import MerchantKeys, verify_log
-from flows.notifylog import NotificationLog
-from flows.receiver import ReceiverMerchant, create_app, serve_receiver
+from flows.bills import BillArchive, ingest_bill
+from flows.notifications import MerchantKeys, NotificationLog, ReceiverMerchant, create_app, serve_receiver, verify_log
 from flows.sources import LOCAL_ORDER_SCHEMA, LOCAL_REFUND_SCHEMA
 from flows.warehouse import connect, migrate
 from tests.conftest import APPID, INITIATOR, PARTICIPANTS, NotifyTransport

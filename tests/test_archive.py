@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from flows.archive import BillArchive
+from flows.bills import BillArchive
 
 SHA = "1aa6884effcea91b1d0a9fecb81757576c5def83"
 

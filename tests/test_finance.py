@@ -28,7 +28,7 @@ from flows.finance import (
     read_notification_line,
     yuan,
 )
-from flows.notifylog import LogEntry
+from flows.notifications import LogEntry
 from flows.recon import CLASSES
 from flows.warehouse import connect, migrate, run_models
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 from datetime import date, datetime, timedelta
 
 import pytest
 
 import wxpay
-from flows import warehouse as warehouse_module
-from flows.archive import BillArchive
-from flows.ingest import fetch_to_archive, ingest_bill, load_archived
+from flows.bills import BillArchive, fetch_to_archive, ingest_bill, load_archived
 from flows.warehouse import connect, migrate
 from tests.conftest import INITIATOR, PARTICIPANTS, combine_request
 from wxpay.bills import BillRequest
@@ -238,6 +237,6 @@ def test_a_bill_fetched_first_is_loaded_on_the_downloads_proof(served, warehouse
     def no_hashing(*args, **kwargs):
         raise AssertionError("hashed again despite the proof")
 
-    monkeypatch.setattr(warehouse_module.hashlib, "sha1", no_hashing)
+    monkeypatch.setattr(hashlib, "sha1", no_hashing)
     result = load_archived(warehouse, archive, fetched)
     assert (result.outcome, result.load.row_count) == ("loaded", 3)

@@ -27,8 +27,9 @@ from nbclient.exceptions import CellExecutionError
 
 import wxpay
 from flows import finance
-from flows.ingest import ingest_bill
-from flows.recon import ReconParams, import_local, reconcile
+from flows.bills import ingest_bill
+from flows.recon import ReconParams, reconcile
+from flows.sources import import_local
 from flows.warehouse import connect
 from tests import recon_scenario
 from tests.conftest import INITIATOR

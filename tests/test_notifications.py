@@ -18,9 +18,16 @@ import httpx
 import pytest
 
 import wxpay
-from flows.notifications import MerchantKeys, verify_log
-from flows.notifylog import UNROUTED, LogEntry, NotificationLog
-from flows.receiver import ReceiverMerchant, create_app, serve_receiver
+from flows.notifications import (
+    UNROUTED,
+    LogEntry,
+    MerchantKeys,
+    NotificationLog,
+    ReceiverMerchant,
+    create_app,
+    serve_receiver,
+    verify_log,
+)
 from flows.warehouse import connect
 from tests.conftest import APPID, INITIATOR, PARTICIPANTS, START, NotifyTransport, combine_request
 from wxpay.errors import ConfigurationError
@@ -504,17 +511,19 @@ def test_a_log_written_by_the_real_receiver_reverifies(world, con):
 
 
 def test_a_line_that_changes_between_hashing_and_verifying_stops_the_run(world):
-    from flows.notifications import BATCH_LINES, LogChangedError, _Batch, _read_lines, _scan
+    from flows.notifications import LogChangedError
+    from flows.notifications.checker import Batch, read_batch_lines
+    from flows.notifications.verification import BATCH_LINES, scan_lines
 
     world.accept(world.pay("C20261126001"))
     path = world.file()
-    [(first, spans, digests, torn)] = list(_scan(path))
+    [(first, spans, digests, torn)] = list(scan_lines(path))
     assert (first, len(spans), torn) == (1, 1, None)
-    batch = _Batch(f"{INITIATOR}/{path.name}", str(path), [(1, *spans[0], digests[0], True, True)])
-    assert _read_lines(batch) == [path.read_bytes()[:-1]]
+    batch = Batch(f"{INITIATOR}/{path.name}", str(path), [(1, *spans[0], digests[0], True, True)])
+    assert read_batch_lines(batch) == [path.read_bytes()[:-1]]
     assert BATCH_LINES >= 1000
 
     data = path.read_bytes()
     path.write_bytes(data.replace(b'"accepted"', b'"accepteD"', 1))  # same length, other bytes, same place
     with pytest.raises(LogChangedError, match=f"{INITIATOR}/{DAY}.jsonl:1 changed"):
-        _read_lines(batch)
+        read_batch_lines(batch)

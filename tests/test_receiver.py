@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 import wxpay
-from flows.notifylog import UNROUTED, LogEntry, NotificationLog
-from flows.receiver import ReceiverMerchant, create_app, serve_receiver
+from flows.notifications import UNROUTED, LogEntry, NotificationLog, ReceiverMerchant, create_app, serve_receiver
 from tests.conftest import INITIATOR, combine_request
 from wxpay.models import BEIJING
 from wxpay.notify import parse_notification
@@ -327,7 +326,7 @@ def test_a_hook_that_raises_changes_neither_the_answer_nor_the_log(harness, capl
         called.set()
         raise RuntimeError("downstream is down")
 
-    caplog.set_level(logging.ERROR, logger="flows.receiver")
+    caplog.set_level(logging.ERROR, logger="flows.notifications.receiver")
     harness.start(hook=sync_hook if kind == "sync" else async_hook)
     delivery = harness.pay("C20261126001")
 
@@ -394,7 +393,7 @@ WRITER = """
 import os, sys, time
 from datetime import datetime
 from pathlib import Path
-from flows.notifylog import LogEntry, NotificationLog
+from flows.notifications import LogEntry, NotificationLog
 from wxpay.models import BEIJING
 
 root, me = Path(sys.argv[1]), sys.argv[2]

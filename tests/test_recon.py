@@ -10,8 +10,8 @@ from datetime import timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flows.recon import ReconParams, import_local, item_rows, reconcile
-from flows.sources import LocalOrdersSource, LocalRefundsSource, read_local_orders, read_local_refunds
+from flows.recon import ReconParams, item_rows, reconcile
+from flows.sources import LocalOrdersSource, LocalRefundsSource, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import connect
 from tests import recon_scenario
 from tests.conftest import INITIATOR
@@ -278,8 +278,7 @@ def test_a_clean_day_yields_only_matched_and_no_exceptions(tmp_path_factory, mer
 
 
 def test_a_callback_to_an_unknown_merchant_is_a_finding(scenario, tmp_path):
-    from flows.notifications import verify_log
-    from flows.notifylog import LogEntry, NotificationLog
+    from flows.notifications import LogEntry, NotificationLog, verify_log
 
     con = warehouse_copy(scenario, tmp_path)
     log = NotificationLog(tmp_path / "log")

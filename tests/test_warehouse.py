@@ -11,17 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows import warehouse
-from flows.warehouse import (
-    SQL_DIR,
-    LoadResult,
-    connect,
-    load_bill,
-    load_bill_stream,
-    migrate,
-    run_checks,
-    run_models,
-)
+from flows.bills import LoadResult, load_bill, load_bill_stream
+from flows.warehouse import SQL_DIR, connect, migrate, run_checks, run_models
 from tests.test_billfile import SPEC_EXAMPLE_LINES, SPEC_EXAMPLE_SHA1, at, spec_example_rows
 from wxpay.billfile import HEADERS, TRADE_COLUMNS, BillKind, columns_for
 from wxpay.bills import BillProof
@@ -739,7 +730,7 @@ def test_a_proof_spares_the_second_hash_but_not_the_gzip_check(tmp_path, con, mo
         raise AssertionError("hashed again despite the proof")
 
     with monkeypatch.context() as m:
-        m.setattr(warehouse.hashlib, "sha1", no_hashing)
+        m.setattr(hashlib, "sha1", no_hashing)
         assert load(con, path, sha1, proof=BillProof(sha1, len(data))).row_count == 3
     with pytest.raises(BillHashMismatchError, match="the verified one had"):
         load(con, path, sha1, proof=BillProof(sha1, len(data) + 1))

@@ -56,6 +56,12 @@ def load_public_key(pem: bytes | str) -> rsa.RSAPublicKey:
     return key
 
 
+def public_key_pem(key: rsa.RSAPublicKey | rsa.RSAPrivateKey) -> bytes:
+    """The PEM (SubjectPublicKeyInfo) of an RSA public key, or of a private key's public half."""
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def verify_signature(
     public_key: rsa.RSAPublicKey,
     message: bytes,

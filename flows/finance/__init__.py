@@ -13,7 +13,7 @@ The notebooks in ``notebooks/`` read the warehouse only through this package (``
   package returns (:func:`mask_text`, :func:`mask_frame`; ``masking.py``).
 * Evidence (``evidence.py``): :func:`read_bill_line` reads one line of an archived bill
   (``flows/archive.py`` layout), :func:`read_notification_line` the non-secret envelope of one
-  notification-log line (``flows/notifylog.py``); the verification result comes from the marts, never
+  notification-log line (``flows/notifications/log.py``); the verification result comes from the marts, never
   from decrypting (notebooks do not hold the APIv3 key).
 * :func:`explain` says what each exception class means, in Chinese and English (``explanations.py``).
 * Everything raised is a :class:`FinanceError` (``errors.py``).

@@ -2,7 +2,7 @@
 
 :func:`read_bill_line` reads one line of an archived bill (``flows/archive.py`` layout),
 :func:`read_notification_line` the non-secret envelope of one notification-log line
-(``flows/notifylog.py``); the verification result comes from the marts, never from decrypting
+(``flows/notifications/log.py``); the verification result comes from the marts, never from decrypting
 (notebooks do not hold the APIv3 key). Payer identifiers are masked in everything returned.
 """
 

@@ -1,6 +1,14 @@
-"""Re-verify the notification log into the warehouse: every line verified once, by its content hash.
+"""Payment notifications: received, logged durably, re-verified into the warehouse.
 
-:func:`verify_log` reads the day files of a :class:`~flows.notifylog.NotificationLog` (every
+The story in modules: ``receiver`` (the ``notify_url`` ASGI app: verify, decrypt, log, then answer) served by
+``server``; ``log`` (the durable notification log: one fsynced line per callback answered); and the
+re-verification: ``verification`` (:func:`verify_log`, its parent side and the log scan), ``checker`` (the
+per-line check in worker processes), ``lines`` (a log line and its decrypted payload read back), ``rows``
+(the Arrow rows and their flush), ``keys`` (:class:`MerchantKeys`).
+
+Re-verify the notification log into the warehouse: every line verified once, by its content hash.
+
+:func:`verify_log` reads the day files of a :class:`~flows.notifications.log.NotificationLog` (every
 merchant directory and ``_unrouted``) and, for each line, records where it is
 (``raw.notification_lines``); each distinct line content (SHA-256 of the line's bytes without
 its ``\\n``) is re-verified once and the result kept (``raw.notification_checks``, plus
@@ -32,31 +40,30 @@ and return Arrow batches; a writer thread inserts them in bulk, one transaction 
 while the parent keeps the workers fed. Per line, the time goes to
 :func:`~wxpay.notify.open_notification` (about two thirds: the RSA verification itself about a
 third), JSON, the strict payload reading and DuckDB's compressed writes; the benchmark prints it.
-
-Modules: ``verify.py`` the entry point and the worker pool; ``run.py`` the parent's side (which lines
-need work, batches, flushes); ``scan.py`` the day files and their hashed lines; ``writer.py`` one
-flush in one transaction; ``checker.py`` the per-line check (in the workers); ``batch.py`` a
-worker's task and reading its lines back; ``logline.py`` a log line's fields; ``payload.py`` the
-decrypted payload; ``failure.py`` what a failed line records; ``result.py`` and ``schema.py`` the
-Arrow rows; ``keys.py`` :class:`MerchantKeys`.
 """
 
 from __future__ import annotations
 
-# the public API (__all__) and, re-exported under their old names (``import x as x``), the internals that
-# bench/notifications.py and tests/test_notifications.py reach for
-from flows.notifications.batch import LogChangedError
-from flows.notifications.batch import _Batch as _Batch
-from flows.notifications.batch import _read_lines as _read_lines
-from flows.notifications.checker import CHECKER_VERSION
-from flows.notifications.checker import _Checker as _Checker
+from flows.notifications.checker import LogChangedError
 from flows.notifications.keys import MerchantKeys
-from flows.notifications.logline import _orjson as _orjson
-from flows.notifications.logline import _read_line as _read_line
-from flows.notifications.payload import _read_payload as _read_payload
-from flows.notifications.run import BATCH_LINES as BATCH_LINES
-from flows.notifications.run import _Run as _Run
-from flows.notifications.scan import _scan as _scan
-from flows.notifications.verify import VerifyStats, verify_log
+from flows.notifications.log import UNROUTED, LogEntry, NotificationLog
+from flows.notifications.receiver import NOTIFY_PATH, ReceiverMerchant, create_app
+from flows.notifications.rows import CHECKER_VERSION
+from flows.notifications.server import ReceiverServer, serve_receiver
+from flows.notifications.verification import VerifyStats, verify_log
 
-__all__ = ["CHECKER_VERSION", "LogChangedError", "MerchantKeys", "VerifyStats", "verify_log"]
+__all__ = [
+    "CHECKER_VERSION",
+    "NOTIFY_PATH",
+    "UNROUTED",
+    "LogChangedError",
+    "LogEntry",
+    "MerchantKeys",
+    "NotificationLog",
+    "ReceiverMerchant",
+    "ReceiverServer",
+    "VerifyStats",
+    "create_app",
+    "serve_receiver",
+    "verify_log",
+]

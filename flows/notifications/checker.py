@@ -10,28 +10,62 @@ fails becomes a failed check row, never a drop.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
-from flows.notifications.batch import _Batch, _read_lines
-from flows.notifications.failure import _Failure
 from flows.notifications.keys import MerchantKeys
-from flows.notifications.logline import _read_line
-from flows.notifications.payload import _RFC3339, _read_payload
-from flows.notifications.result import _Result, _Rows, _unreadable_row
+from flows.notifications.lines import RFC3339, LineFailure, read_line, read_payload
+from flows.notifications.rows import BatchResult, BatchRows, unreadable_row
 from wxpay.errors import DecryptionError, MalformedNotificationError, UnsupportedAlgorithmError, WxPayError
 from wxpay.notify import open_notification
 
-__all__ = ["CHECKER_VERSION"]
+_SPARSE = 4  # read lines one by one when the batch's span is this many times their bytes (incremental runs)
 
-CHECKER_VERSION = 1
-"""Recorded with every check: what a later, stricter checker can select to verify again."""
+
+@dataclass
+class Batch:
+    """Lines of one file for a worker: (line_no, byte offset, length, sha256 digest, record the occurrence,
+    verify the content). The worker reads the bytes from ``path`` itself and checks them against the
+    digest the parent looked up (the bytes verified are the bytes hashed; nothing large is pickled)."""
+
+    log_file: str
+    path: str
+    items: list[tuple[int, int, int, bytes, bool, bool]]
+
+
+class LogChangedError(RuntimeError):
+    """A log line changed between being hashed and being verified (log files are append-only)."""
+
+
+def read_batch_lines(batch: Batch) -> list[bytes]:
+    """The batch's lines as bytes, read from its file, each checked against the digest the parent hashed."""
+    items = batch.items
+    first, last = items[0], items[-1]
+    start, stop = first[1], last[1] + last[2]
+    fd = os.open(batch.path, os.O_RDONLY)
+    try:
+        if stop - start <= _SPARSE * sum(item[2] for item in items):
+            block = os.pread(fd, stop - start, start)
+            lines = [block[offset - start : offset - start + length] for _, offset, length, *_ in items]
+        else:
+            lines = [os.pread(fd, length, offset) for _, offset, length, *_ in items]
+    finally:
+        os.close(fd)
+    sha256 = hashlib.sha256
+    for (line_no, _, _, digest, _, _), line in zip(items, lines, strict=True):
+        if sha256(line).digest() != digest:
+            raise LogChangedError(f"{batch.log_file}:{line_no} changed while it was being verified; run again")
+    return lines
+
 
 _NO_ORDER = (None, None, None, None, None)
 
 
-class _Checker:
+class Checker:
     """Verifiers built once per process; the verifiers' clock reads the line being checked."""
 
     def __init__(self, merchants: Mapping[str, MerchantKeys]):
@@ -41,15 +75,15 @@ class _Checker:
     def _clock(self) -> float:
         return self.now
 
-    def check(self, batch: _Batch) -> _Result:
-        rows = _Rows()
+    def check(self, batch: Batch) -> BatchResult:
+        rows = BatchRows()
         lines, checks = rows.lines, rows.checks
         for (line_no, _offset, _length, sha, need_row, verify), raw in zip(
-            batch.items, _read_lines(batch), strict=True
+            batch.items, read_batch_lines(batch), strict=True
         ):
-            entry = _read_line(raw)
+            entry = read_line(raw)
             if type(entry) is str:
-                lines.append(_unreadable_row(line_no, len(raw), entry))
+                lines.append(unreadable_row(line_no, len(raw), entry))
                 rows.unreadable += 1
                 continue
             received_at, text, mchid, outcome, reason, claimed, headers, body, status = entry
@@ -61,21 +95,23 @@ class _Checker:
             try:
                 merchant = self.merchants.get(mchid)
                 if merchant is None:
-                    raise _Failure("UnknownMerchantError", f"no keys configured for merchant {mchid!r}")
+                    raise LineFailure("UnknownMerchantError", f"no keys configured for merchant {mchid!r}")
                 if body is None:
-                    raise _Failure("PayloadTooLargeError", "the receiver did not keep the body (over its size limit)")
+                    raise LineFailure(
+                        "PayloadTooLargeError", "the receiver did not keep the body (over its size limit)"
+                    )
                 self.now = received_at.timestamp()  # the signature window is judged at arrival
                 try:
                     opened = open_notification(headers, body, verifier=merchant[0], api_v3_key=merchant[1])
                 except WxPayError as exc:
-                    raise _Failure(type(exc).__name__, str(exc), signed=_after_signature(exc)) from None
-                order, subs = _read_payload(opened.id, opened.plaintext)
+                    raise LineFailure(type(exc).__name__, str(exc), signed=_after_signature(exc)) from None
+                order, subs = read_payload(opened.id, opened.plaintext)
                 if order["combine_mchid"] != mchid:
-                    raise _Failure(
+                    raise LineFailure(
                         "MalformedNotificationError",
                         f"notification {opened.id} is for combine_mchid {order['combine_mchid']}, not {mchid}",
                     )
-            except _Failure as failed:
+            except LineFailure as failed:
                 serial = next((v for k, v in headers.items() if k.lower() == "wechatpay-serial"), None)
                 envelope = _envelope_row(opened) if opened is not None or not failed.signed else _claimed_envelope(body)
                 checks.append((sha, False, failed.failure, failed.detail, serial, *envelope, *_NO_ORDER))
@@ -125,7 +161,7 @@ def _claimed_envelope(body: bytes) -> tuple:
         return (None, None, None)
     texts = [obj.get(k) if type(obj.get(k)) is str else None for k in ("id", "event_type", "create_time")]
     try:
-        if texts[2] is not None and not (_RFC3339.fullmatch(texts[2]) and datetime.fromisoformat(texts[2])):
+        if texts[2] is not None and not (RFC3339.fullmatch(texts[2]) and datetime.fromisoformat(texts[2])):
             texts[2] = None
     except ValueError:
         texts[2] = None
@@ -134,15 +170,15 @@ def _claimed_envelope(body: bytes) -> tuple:
 
 # --- in a worker process -----------------------------------------------------------------------
 
-_CHECKER: _Checker | None = None
+_CHECKER: Checker | None = None
 
 
-def _init_worker(merchants: dict[str, MerchantKeys]) -> None:
+def init_worker(merchants: dict[str, MerchantKeys]) -> None:
     global _CHECKER  # one checker per worker process, built once
-    _CHECKER = _Checker(merchants)
+    _CHECKER = Checker(merchants)
     gc.freeze()  # the modules and keys loaded so far are never garbage: keep them out of every collection
 
 
-def _check_in_worker(batch: _Batch) -> _Result:
+def check_in_worker(batch: Batch) -> BatchResult:
     assert _CHECKER is not None, "worker not initialised"
     return _CHECKER.check(batch)

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from wxpay.certificates import certificate_serial
-from wxpay.verifying import Verifier
+from wxpay.verifying import Verifier, public_key_pem
 
 Mode = Literal["public_key", "certificate"]
 
 
-def _rsa() -> rsa.RSAPrivateKey:
+def new_rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -37,9 +37,8 @@ def private_pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def public_pem(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+public_pem = public_key_pem
+"""The PEM of a (private key's) public key: :func:`wxpay.verifying.public_key_pem`."""
 
 
 def self_signed_certificate(
@@ -163,13 +162,13 @@ def new_merchant(
     api_v3_key = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
     merchant_serial = "".join(rng.choice("0123456789ABCDEF") for _ in range(40))
     public_key_id = "PUB_KEY_ID_01" + mchid + "".join(rng.choice(string.digits) for _ in range(34 - 2 - len(mchid)))
-    platform = _rsa()
+    platform = new_rsa_key()
     certificate = self_signed_certificate(platform, f"WeChat Pay simulator {mchid}", rng.getrandbits(159) | 1 << 158)
     return SimMerchant(
         mchid=mchid,
         appid=appid,
         api_v3_key=api_v3_key,
-        merchant_key=_rsa(),
+        merchant_key=new_rsa_key(),
         merchant_serial=merchant_serial,
         public_key_id=public_key_id,
         platform_keys=[PlatformKey(platform, certificate)],
@@ -181,7 +180,7 @@ def new_merchant(
 
 def rotate_platform_key(merchant: SimMerchant, rng: random.Random) -> PlatformKey:
     """Issue a new platform certificate; the old one stays listed (overlap, as WeChat does)."""
-    key = _rsa()
+    key = new_rsa_key()
     cert = self_signed_certificate(key, f"WeChat Pay simulator {merchant.mchid}", rng.getrandbits(159) | 1 << 158)
     merchant.platform_keys.append(PlatformKey(key, cert))
     return merchant.platform_keys[-1]

@@ -40,7 +40,7 @@ from wxpay.sim.admin import dispatch
 from wxpay.sim.bills import BillDesk
 from wxpay.sim.clock import VirtualClock
 from wxpay.sim.faults import Faults
-from wxpay.sim.keys import SimMerchant, _rsa, new_merchant, rotate_platform_key
+from wxpay.sim.keys import SimMerchant, new_merchant, new_rsa_key, rotate_platform_key
 from wxpay.sim.notifier import Attempt, Delivery, attempt_delivery, new_delivery
 from wxpay.sim.state import Ledger, SimApiError, SimCombineOrder, SimRefund
 from wxpay.verifying import SIGNTEST_PREFIX, verify_signature
@@ -232,7 +232,7 @@ class Simulator:
         serial, key = merchant.signing_identity(requested_serial)
         if fault == "wrong_key":
             if self._rogue_key is None:
-                self._rogue_key = _rsa()
+                self._rogue_key = new_rsa_key()
             key = self._rogue_key
         signature = sign(key, response_message(timestamp, nonce, body))
         if fault == "signtest":

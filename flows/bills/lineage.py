@@ -1,11 +1,11 @@
 """What both bill loaders write the same way: one load of (mchid, bill_type, bill_date) into the raw tables.
 
-:class:`_Load` is the load's key and lineage; :func:`_header` parses the bill's first line;
-:func:`_clear` deletes the previous load of the day; :func:`_row_columns` spells the typed
-columns of the row INSERT; :func:`_record` checks the summary against the inserted rows, writes
+:class:`BillLoad` is the load's key and lineage; :func:`read_header` parses the bill's first line;
+:func:`clear_day` deletes the previous load of the day; :func:`row_columns` spells the typed
+columns of the row INSERT; :func:`record_load` checks the summary against the inserted rows, writes
 the summary row and the ``raw.bill_loads`` row and checks the SHA-1, all inside the caller's
-transaction; :func:`_result` is the :class:`LoadResult` it committed. The loaders themselves are
-:mod:`flows.billload` (streamed) and :mod:`flows.billexact` (exact).
+transaction; :func:`load_result` is the :class:`LoadResult` it committed. The loaders themselves are
+:mod:`flows.bills.loader` (streamed) and :mod:`flows.bills.exactpath` (exact).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from flows.warehouse import PARSER_VERSION, _quote
+from flows.warehouse import quote_literal
 from wxpay.billfile import (
     BillHeader,
     BillKind,
@@ -32,11 +32,14 @@ from wxpay.billfile import (
 )
 from wxpay.errors import BillFormatError, BillHashMismatchError, BillSummaryMismatchError
 
+PARSER_VERSION = "duckdb-csv/1"
+"""Recorded with every load (``raw.bill_loads.parser_version``) and in the archive's sidecar."""
+
 _TABLES = {
     True: ("raw.trade_bill_rows", "raw.trade_bill_summaries"),
     False: ("raw.fund_flow_rows", "raw.fund_flow_summaries"),
 }
-_KEY = "bill_mchid = ? and bill_type = ? and bill_date = ?"
+LOAD_KEY = "bill_mchid = ? and bill_type = ? and bill_date = ?"
 
 AfterInsert = Callable[[duckdb.DuckDBPyConnection], None]
 """The test hook both loaders call inside the transaction, after everything was inserted."""
@@ -66,7 +69,7 @@ class LoadResult:
 
 
 @dataclass(frozen=True)
-class _Load:
+class BillLoad:
     """One load: its key (``mchid``, ``bill_type`` by the archive's name, ``bill_date``), lineage and file."""
 
     mchid: str
@@ -82,7 +85,7 @@ class _Load:
     @classmethod
     def of(
         cls, path: Path, *, mchid: str, bill_date: date | str, bill_type: str, archive_sha1: str, source_label: str
-    ) -> _Load:
+    ) -> BillLoad:
         bill_type = bill_type_label(bill_type)
         return cls(
             mchid=mchid,
@@ -112,7 +115,7 @@ class _Load:
         return _TABLES[self.kind.is_trade][1]
 
 
-def _header(first: bytes, load: _Load) -> BillHeader:
+def read_header(first: bytes, load: BillLoad) -> BillHeader:
     """The bill's first line, parsed; bytes that are not UTF-8 are a :class:`BillFormatError` on line 1."""
     try:
         return parse_header(first.decode("utf-8"), file=load.name, kind=load.kind)
@@ -120,15 +123,15 @@ def _header(first: bytes, load: _Load) -> BillHeader:
         raise BillFormatError(f"the header is not UTF-8 ({exc.reason})", file=load.name, line=1) from None
 
 
-def _clear(con: duckdb.DuckDBPyConnection, load: _Load) -> int:
+def clear_day(con: duckdb.DuckDBPyConnection, load: BillLoad) -> int:
     """Delete the previous load of the day (rows, summary, ``raw.bill_loads``); return how many rows it had."""
-    replaced = con.execute(f"delete from {load.rows_table} where {_KEY}", load.key).fetchone()[0]  # noqa: S608
-    con.execute(f"delete from {load.summary_table} where {_KEY}", load.key)  # noqa: S608
+    replaced = con.execute(f"delete from {load.rows_table} where {LOAD_KEY}", load.key).fetchone()[0]  # noqa: S608
+    con.execute(f"delete from {load.summary_table} where {LOAD_KEY}", load.key)  # noqa: S608
     con.execute("delete from raw.bill_loads where mchid = ? and bill_type = ? and bill_date = ?", load.key)
     return replaced
 
 
-def _row_columns(header: BillHeader, value: Callable[[Column, str], str], first: str) -> tuple[list[str], list[str]]:
+def row_columns(header: BillHeader, value: Callable[[Column, str], str], first: str) -> tuple[list[str], list[str]]:
     """The target columns of the row INSERT and their SQL, from the VARCHAR columns ``c000``, ``c001``...
 
     ``value(col, v)`` types a known column (``first`` stands for ``c000``); a rate goes in as
@@ -138,7 +141,7 @@ def _row_columns(header: BillHeader, value: Callable[[Column, str], str], first:
     for i, (title, col) in enumerate(zip(header.titles, header.columns, strict=True)):
         v = first if i == 0 else f"c{i:03d}"
         if col is None:
-            extras.append(f"{_quote(title)}, {v}")
+            extras.append(f"{quote_literal(title)}, {v}")
             continue
         targets.append(col.name + ("_pct" if col.kind == "rate" else ""))
         exprs.append(value(col, v))
@@ -151,9 +154,9 @@ def _row_columns(header: BillHeader, value: Callable[[Column, str], str], first:
     return targets, exprs
 
 
-def _record(
+def record_load(
     con: duckdb.DuckDBPyConnection,
-    load: _Load,
+    load: BillLoad,
     header: BillHeader,
     summary: BillSummary,
     row_count: int,
@@ -180,8 +183,8 @@ def _record(
         raise BillHashMismatchError(expected=load.archive_sha1, actual=sha1, source=load.name)
 
 
-def _result(
-    load: _Load,
+def load_result(
+    load: BillLoad,
     header: BillHeader,
     summary: BillSummary,
     *,
@@ -210,14 +213,14 @@ def _result(
 
 
 def _aggregate(spec: SummaryColumn) -> str:
-    where = f" filter (where direction = {_quote(spec.direction)})" if spec.direction else ""
+    where = f" filter (where direction = {quote_literal(spec.direction)})" if spec.direction else ""
     return f"count(*){where}" if spec.of is None else f"coalesce(sum({spec.of}){where}, 0)"
 
 
 def _check_summary(con, table: str, key: list, summary: BillSummary, name: str, line: int) -> None:
     """Compare each summary value with COUNT/SUM over the rows just inserted."""
     specs = summary.columns
-    sql = f"select {', '.join(_aggregate(s) for s in specs)} from {table} where {_KEY}"  # noqa: S608
+    sql = f"select {', '.join(_aggregate(s) for s in specs)} from {table} where {LOAD_KEY}"  # noqa: S608
     detail = con.execute(sql, key).fetchone()
     differences = {
         s.title: (summary.values[s.name], int(got))

@@ -2,11 +2,11 @@
 
 :func:`ingest_bill` is what the nightly flow calls per (merchant, bill type, day). It applies
 and downloads inside the URL lifetime (:func:`wxpay.bills.fetch_bill`), keeps the verified
-file in the :class:`~flows.archive.BillArchive` under its SHA1 (a file already archived with
-that digest is not downloaded again; the load verifies it anyway), loads it with :func:`flows.warehouse.load_bill` (one
+file in the :class:`~flows.bills.archive.BillArchive` under its SHA1 (a file already archived with
+that digest is not downloaded again; the load verifies it anyway), loads it with :func:`flows.bills.load_bill` (one
 transaction per day: a reload replaces) and records the outcome in ``raw.bill_fetches``.
 :func:`ingest_bill` loads while the bill downloads: the download's verified, decompressed
-bytes go straight to the loader (:func:`flows.warehouse.load_bill_stream`), which commits only
+bytes go straight to the loader (:func:`flows.bills.load_bill_stream`), which commits only
 after the digest matched and the file is in the archive. A bill fetched first and loaded later
 (:func:`fetch_to_archive`, :func:`load_archived`) carries the download's :class:`~wxpay.bills.BillProof`,
 so the load does not hash it a second time.
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import duckdb
 
-from flows.archive import ArchivedBill, BillArchive
-from flows.warehouse import PARSER_VERSION, LoadResult, load_bill, load_bill_stream
+from flows.bills.archive import ArchivedBill, BillArchive
+from flows.bills.lineage import PARSER_VERSION, LoadResult
+from flows.bills.loader import load_bill, load_bill_stream
 from wxpay.bills import (
     DEFAULT_URL_LIFETIME,
     BillApplication,

@@ -5,7 +5,7 @@ For each request, in this order:
 
 1. read the raw body (at most ``max_body`` bytes) and the ``Wechatpay-*`` / ``Request-ID`` headers;
 2. verify and decrypt with :func:`wxpay.notify.parse_notification` (in a worker thread);
-3. append one line to the :class:`~flows.notifylog.NotificationLog` and fsync it;
+3. append one line to the :class:`~flows.notifications.log.NotificationLog` and fsync it;
 4. only then answer.
 
 Answers (WeChat Pay retries every failure on its schedule, spec §3.4, whatever the 4xx/5xx)::
@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flows.notifylog import LogEntry, NotificationLog
+from flows.notifications.log import LogEntry, NotificationLog
 from wxpay.errors import (
     DecryptionError,
     MalformedNotificationError,
@@ -57,7 +57,6 @@ from wxpay.errors import (
 )
 from wxpay.models import BEIJING, CombinePaymentNotification
 from wxpay.notify import Reply, failure_reply, parse_notification, success_reply
-from wxpay.sim.server import BackgroundServer
 from wxpay.verifying import Verifier
 
 logger = logging.getLogger(__name__)
@@ -98,11 +97,6 @@ def create_app(
     app = Starlette(routes=[Route(NOTIFY_PATH + "/{mchid:path}", receiver.notify, methods=["POST"])])
     app.state.receiver = receiver
     return app
-
-
-def serve_receiver(app: Any, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
-    """Serve the receiver with uvicorn in a background thread; stop with ``.stop()``."""
-    return BackgroundServer(app, host, port).start()
 
 
 class _Receiver:

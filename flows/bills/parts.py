@@ -1,7 +1,7 @@
 """The staging of a bill that is still arriving: its decompressed text cut into plain CSV part files.
 
-:class:`_Staging` is fed by the download (or a file pass) on one thread and handed to the
-streamed loader of :mod:`flows.billload` on another: each finished part is one DuckDB row group
+:class:`Staging` is fed by the download (or a file pass) on one thread and handed to the
+streamed loader of :mod:`flows.bills.loader` on another: each finished part is one DuckDB row group
 of :data:`PART_LINES` lines, numbered from its first bill line; the header (line 1) and the
 summary block (the last two non-empty lines) are kept apart.
 """
@@ -32,7 +32,7 @@ class _Cancelled(Exception):
 
 
 @dataclass
-class _Part:
+class Part:
     path: Path
     first_line: int
     """The bill line number of the part's first line."""
@@ -46,7 +46,7 @@ def _after_newline(data: bytes | bytearray, start: int, n: int) -> int:
     return start + int(ends[n - 1]) + 1
 
 
-class _Staging:
+class Staging:
     """The decompressed bill, cut into plain CSV part files of :data:`PART_LINES` lines as it streams in.
 
     Producer side (one thread): :meth:`feed` the decompressed pieces in order, then
@@ -65,18 +65,18 @@ class _Staging:
         self.summary_lines: list[bytes] | None = None
         """``None`` when the stream has no two lines after the header that can be the summary."""
         self._cond = threading.Condition()
-        self._ready: list[_Part] = []
+        self._ready: list[Part] = []
         self._staged = 0
         self._ended = False
         self._error: BaseException | None = None
         self._stop: str | None = None  # "drain": verify on, stage nothing; "cancel": the producer stops
-        self._header: bytes | None = None
+        self.read_header: bytes | None = None
         self._head = bytearray()
         self._block = bytearray()
         self._tail = b""  # the last bytes of the body: the summary block is in there
         self._body = 0  # body bytes staged so far
-        self._part: _Part | None = None
-        self._held: _Part | None = None  # finished, handed over once the next part has a few lines
+        self._part: Part | None = None
+        self._held: Part | None = None  # finished, handed over once the next part has a few lines
         self._fd: int | None = None
         self._next_line = 2
         self._count = 0
@@ -89,14 +89,14 @@ class _Staging:
             self.size += len(data)
             return
         self.size += len(data)
-        if self._header is None:
+        if self.read_header is None:
             self._head += data
             end = self._head.find(b"\n")
             if end < 0 and len(self._head) <= _BLOCK:
                 return
             end = len(self._head) - 1 if end < 0 else end
             with self._cond:
-                self._header = bytes(self._head[: end + 1])
+                self.read_header = bytes(self._head[: end + 1])
                 self._cond.notify_all()
             data = bytes(self._head[end + 1 :])
             self._head = bytearray()
@@ -142,7 +142,7 @@ class _Staging:
         self._count += 1
         path = self.folder / f"part{self._count:05d}.csv"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._part = _Part(path, self._next_line)
+        self._part = Part(path, self._next_line)
 
     def _close(self) -> None:
         assert self._part is not None
@@ -154,7 +154,7 @@ class _Staging:
             self._publish(self._held)
         self._held = part
 
-    def _publish(self, part: _Part) -> None:
+    def _publish(self, part: Part) -> None:
         self.body_lines += part.lines
         if not part.size:
             return
@@ -172,9 +172,9 @@ class _Staging:
         if self._stop is not None:  # draining: nothing more is staged
             self._release()
         else:
-            if self._header is None:  # a stream without a line end
+            if self.read_header is None:  # a stream without a line end
                 with self._cond:
-                    self._header = bytes(self._head)
+                    self.read_header = bytes(self._head)
             if self._block:
                 block, self._block = self._block, bytearray()
                 self._write(block)
@@ -193,7 +193,7 @@ class _Staging:
             self._ended = True
             self._cond.notify_all()
 
-    def _cut_summary(self, last: _Part, held: _Part | None) -> None:
+    def _cut_summary(self, last: Part, held: Part | None) -> None:
         """Truncate the part(s) holding the last two non-empty lines; keep those as :attr:`summary_lines`."""
         tail = self._tail
         content = tail.rstrip(b"\r\n")
@@ -231,13 +231,13 @@ class _Staging:
     # --- loader side -------------------------------------------------------------------------
     def header(self) -> bytes:
         with self._cond:
-            while self._header is None and self._error is None:
+            while self.read_header is None and self._error is None:
                 self._cond.wait()
-            if self._header is None:
+            if self.read_header is None:
                 raise self._error  # type: ignore[misc]
-            return self._header
+            return self.read_header
 
-    def take(self) -> list[_Part]:
+    def take(self) -> list[Part]:
         """Finished parts not yet taken, waiting for one; ``[]`` when the stream has ended.
 
         While the stream goes on, an even number of parts when there are several: each part is

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
-    from flows.sources import _LocalSource
+    from flows.sources.source import LocalSource
 
 __all__ = [
     "LOCAL_ORDER_SCHEMA",
@@ -100,7 +100,7 @@ def is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
-def canonicalize(raw: pa.Table, source: _LocalSource, renamed: bool) -> pa.Table:
+def canonicalize(raw: pa.Table, source: LocalSource, renamed: bool) -> pa.Table:
     """``raw`` (as fetched from ``source``) in ``source.schema_``: types, nulls, amounts, statuses, sorted.
 
     ``renamed``: the columns of ``raw`` already carry their canonical names (table mode); otherwise they carry
@@ -141,7 +141,7 @@ def canonicalize(raw: pa.Table, source: _LocalSource, renamed: bool) -> pa.Table
 class _Checker:
     """Converts one column at a time, raising :class:`LocalSourceError` with the first offending row's key."""
 
-    def __init__(self, source: _LocalSource, columns: dict[str, Any]) -> None:
+    def __init__(self, source: LocalSource, columns: dict[str, Any]) -> None:
         self.source, self.columns = source, columns
 
     def where(self, canonical: str) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from flows.warehouse import connect, migrate
+from flows.warehouse.connection import connect
+from flows.warehouse.migrations import migrate
 
 
 class RunInProgress(RuntimeError):

@@ -1,11 +1,11 @@
 """The exact path of a bill load: DuckDB reads the whole file, and every error names file, line and field.
 
-What :func:`flows.billload.load_bill` ran before the streamed path existed, and what the
+What :func:`flows.bills.loader.load_bill` ran before the streamed path existed, and what the
 streamed path still falls back to when it meets anything but a clean bill. ``read_csv`` of the
 whole file with ``store_rejects``, a regular expression per value and ``error()`` naming line and
 field; rejected lines are located byte by byte. SHA-1 is checked by a pass over the file on a
-thread beside the load. The streamed path builds on its pieces: :func:`_chunks` (the decompressed
-bytes of a bill file), :func:`_read_csv`, the value patterns and the error tag.
+thread beside the load. The streamed path builds on its pieces: :func:`bill_chunks` (the decompressed
+bytes of a bill file), :func:`read_csv_sql`, the value patterns and the error tag.
 """
 
 from __future__ import annotations
@@ -22,8 +22,18 @@ from pathlib import Path
 import duckdb
 from isal import igzip, isal_zlib
 
-from flows.billrecord import _KEY, AfterInsert, LoadResult, _clear, _header, _Load, _record, _result, _row_columns
-from flows.warehouse import _quote, _transaction
+from flows.bills.lineage import (
+    LOAD_KEY,
+    AfterInsert,
+    BillLoad,
+    LoadResult,
+    clear_day,
+    load_result,
+    read_header,
+    record_load,
+    row_columns,
+)
+from flows.warehouse import quote_literal, transaction
 from wxpay.billfile import (
     FEE_PATTERN,
     RATE_PATTERN,
@@ -38,34 +48,35 @@ from wxpay.billfile import (
 from wxpay.errors import BillFormatError, BillTruncatedError
 
 _NEWLINES = {True: "\\r\\n", False: "\\n"}  # read_csv spells them escaped
-_PATTERNS = {"yuan": YUAN_PATTERN, "fee": FEE_PATTERN, "time": TIME_PATTERN, "rate": RATE_PATTERN}
+VALUE_PATTERNS = {"yuan": YUAN_PATTERN, "fee": FEE_PATTERN, "time": TIME_PATTERN, "rate": RATE_PATTERN}
 """The exact pattern of each checked column kind (:mod:`wxpay.billfile`)."""
-_ERROR_TAG = "WXBILL"
-_ERROR = re.compile(_ERROR_TAG + r"\|(\d+)\|([^|]*)\|(.*)", re.S)
+ERROR_TAG = "WXBILL"
+_ERROR = re.compile(ERROR_TAG + r"\|(\d+)\|([^|]*)\|(.*)", re.S)
 
 
-def _is_gzip(path: Path) -> bool:
+def is_gzip(path: Path) -> bool:
     """Whether the file starts with gzip's magic bytes."""
     with path.open("rb") as f:
         return f.read(2) == b"\x1f\x8b"
 
 
-def _read_csv(path: Path, header: BillHeader, *, compression: str, skip: bool = False, rejects: str = "") -> str:
+def read_csv_sql(path: Path, header: BillHeader, *, compression: str, skip: bool = False, rejects: str = "") -> str:
     """DuckDB's ``read_csv`` of bill lines: columns ``c000``... all VARCHAR, cut at the two-byte delimiter ``,```.
 
     The delimiter also strips the backticks of every value but the first. ``skip`` skips the
     header line; ``rejects`` stores the lines that do not fit in ``temp.<rejects>`` (and ``_scan``).
     """
     spec = ", ".join(f"'c{i:03d}': 'VARCHAR'" for i in range(len(header.titles)))
-    stored = f", store_rejects = true, rejects_table = {_quote(rejects)}, rejects_scan = {_quote(rejects + '_scan')}"
+    q = quote_literal
+    stored = f", store_rejects = true, rejects_table = {q(rejects)}, rejects_scan = {q(rejects + '_scan')}"
     return (
-        f"read_csv({_quote(str(path))}, columns = {{{spec}}}, delim = ',`', quote = '', escape = '', header = false,"
-        f"{' skip = 1,' if skip else ''} auto_detect = false, new_line = {_quote(_NEWLINES[header.crlf])},"
-        f" compression = {_quote(compression)}{stored if rejects else ''})"
+        f"read_csv({q(str(path))}, columns = {{{spec}}}, delim = ',`', quote = '', escape = '', header = false,"
+        f"{' skip = 1,' if skip else ''} auto_detect = false, new_line = {q(_NEWLINES[header.crlf])},"
+        f" compression = {q(compression)}{stored if rejects else ''})"
     )
 
 
-def _chunks(path: Path, gz: bool) -> Iterator[bytes]:
+def bill_chunks(path: Path, gz: bool) -> Iterator[bytes]:
     """The decompressed bytes of ``path`` in ~1 MiB pieces (ISA-L; concatenated gzip members too)."""
     with path.open("rb") as f:
         if not gz:
@@ -103,7 +114,7 @@ def _verify_pass(path: Path, gz: bool) -> _Pass:
     """
     digest = hashlib.sha1()  # noqa: S324 - WeChat Pay's bill hash is SHA-1 (spec §5.3)
     tail, newlines = b"", 0
-    for chunk in _chunks(path, gz):
+    for chunk in bill_chunks(path, gz):
         digest.update(chunk)
         newlines += chunk.count(b"\n")
         tail = (tail + chunk)[-(1 << 16) :] if len(chunk) < (1 << 16) else chunk[-(1 << 16) :]
@@ -119,7 +130,7 @@ _BLANK = re.compile(rb"\n\r?\n")
 def _first_blank_line(path: Path, gz: bool) -> int | None:
     """The 1-based number of the first empty line (only on the error path)."""
     newlines, carry = 0, b""
-    for chunk in _chunks(path, gz):
+    for chunk in bill_chunks(path, gz):
         buf = carry + chunk
         if found := _BLANK.search(buf):
             return newlines + buf.count(b"\n", 0, found.start()) + 2
@@ -131,7 +142,7 @@ def _first_blank_line(path: Path, gz: bool) -> int | None:
 def _line_at(path: Path, gz: bool, offset: int) -> int:
     """The 1-based line holding byte ``offset`` of the decompressed file (only on the error path)."""
     seen = newlines = 0
-    for chunk in _chunks(path, gz):
+    for chunk in bill_chunks(path, gz):
         if seen + len(chunk) >= offset:
             return newlines + chunk.count(b"\n", 0, offset - seen) + 1
         seen += len(chunk)
@@ -139,8 +150,8 @@ def _line_at(path: Path, gz: bool, offset: int) -> int:
     return newlines + 1
 
 
-def _load_exact(
-    con: duckdb.DuckDBPyConnection, path: Path, load: _Load, _after_insert: AfterInsert | None = None
+def load_exact(
+    con: duckdb.DuckDBPyConnection, path: Path, load: BillLoad, _after_insert: AfterInsert | None = None
 ) -> LoadResult:
     """The exact path: DuckDB reads the file itself, rejected lines are located byte by byte.
 
@@ -149,21 +160,22 @@ def _load_exact(
     SHA-1 is checked in a parallel pass.
     """
     started = time.perf_counter()
-    gz = _is_gzip(path)
+    gz = is_gzip(path)
     with igzip.open(path, "rb") if gz else path.open("rb") as f:
         first = f.readline(1 << 20)
-    header = _header(first, load)
+    header = read_header(first, load)
     rejects = f"bill_rejects_{uuid.uuid4().hex[:12]}"
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bill-verify") as pool:
         verified = pool.submit(_verify_pass, path, gz)
         try:
-            with _transaction(con):
-                replaced = _clear(con, load)
+            with transaction(con):
+                replaced = clear_day(con, load)
                 _insert_rows(con, path, header, load.rows_table, gz, rejects, load.lineage)
-                row_count = con.execute(f"select count(*) from {load.rows_table} where {_KEY}", load.key).fetchone()[0]  # noqa: S608
+                counted = f"select count(*) from {load.rows_table} where {LOAD_KEY}"  # noqa: S608
+                row_count = con.execute(counted, load.key).fetchone()[0]
                 summary = _read_summary(con, path, gz, rejects, header.kind, row_count, verified.result())
-                _record(con, load, header, summary, row_count, verified.result().sha1, _after_insert)
+                record_load(con, load, header, summary, row_count, verified.result().sha1, _after_insert)
         except BillFormatError as exc:
             # a cut gzip stream is the real cause of a file DuckDB cannot read
             if exc.line is None and isinstance(verified.exception(), BillTruncatedError):
@@ -172,7 +184,7 @@ def _load_exact(
         finally:
             con.execute(f"drop table if exists temp.{rejects}")
             con.execute(f"drop table if exists temp.{rejects}_scan")
-    return _result(load, header, summary, row_count=row_count, replaced=replaced, started=started, loader="exact")
+    return load_result(load, header, summary, row_count=row_count, replaced=replaced, started=started, loader="exact")
 
 
 _EXPECTED = {
@@ -184,7 +196,7 @@ _EXPECTED = {
 
 
 def _fail(title: str, value: str) -> str:
-    return f"error(printf('{_ERROR_TAG}|%d|%s|%s', line_no, {_quote(title)}, coalesce({value}, '')))"
+    return f"error(printf('{ERROR_TAG}|%d|%s|%s', line_no, {quote_literal(title)}, coalesce({value}, '')))"
 
 
 def _typed(col: Column, v: str) -> str:
@@ -192,7 +204,7 @@ def _typed(col: Column, v: str) -> str:
     if col.kind == "text":
         return v
     fail = _fail(col.title, v)
-    ok = f"regexp_full_match({v}, {_quote(_PATTERNS[col.kind])})"
+    ok = f"regexp_full_match({v}, {quote_literal(VALUE_PATTERNS[col.kind])})"
     if col.kind in ("yuan", "fee"):  # exact: drop the point, read an integer (never DECIMAL rounding, never float)
         value = f"coalesce(try_cast(replace({v}, '.', '') as bigint), {fail})"  # beyond BIGINT: named too
     elif col.kind == "rate":
@@ -206,10 +218,10 @@ def _typed(col: Column, v: str) -> str:
 def _insert_rows(con, path: Path, header: BillHeader, table: str, gz: bool, rejects: str, lineage: list) -> None:
     """One INSERT ... SELECT over read_csv: every value checked and typed inside DuckDB."""
     n = len(header.titles)
-    reader = _read_csv(path, header, skip=True, compression="gzip" if gz else "none", rejects=rejects)
+    reader = read_csv_sql(path, header, skip=True, compression="gzip" if gz else "none", rejects=rejects)
     # the first value keeps its backtick (the delimiter strips all the others)
     first = f"if(starts_with(c000, '`'), nullif(substr(c000, 2), ''), {_fail(header.titles[0], 'c000')}) as c000"
-    targets, exprs = _row_columns(header, _typed, "c000")
+    targets, exprs = row_columns(header, _typed, "c000")
     rest = "".join(f", c{i:03d}" for i in range(1, n))
     # row_number() over () follows the reader's file order but runs on one thread; materializing the
     # numbered lines lets the casts, checks and compressed writes after it use every core

@@ -14,9 +14,9 @@ not clean goes through the exact path instead (``read_csv`` of the whole file wi
 ``store_rejects``, a regex per value and ``error()`` naming line and field), so every error
 names file, line and field. Figures: ``bench/README.md``.
 
-The part files are :mod:`flows.billstaging`, the exact path :mod:`flows.billexact`, what both
+The part files are :mod:`flows.bills.parts`, the exact path :mod:`flows.bills.exactpath`, what both
 paths write alike (the day replaced, the summary checked, ``raw.bill_loads``, the
-:class:`LoadResult`) :mod:`flows.billrecord`.
+:class:`LoadResult`) :mod:`flows.bills.lineage`.
 """
 
 from __future__ import annotations
@@ -33,10 +33,19 @@ from typing import Any
 
 import duckdb
 
-from flows.billexact import _ERROR_TAG, _PATTERNS, _chunks, _is_gzip, _load_exact, _read_csv
-from flows.billrecord import AfterInsert, LoadResult, _clear, _header, _Load, _record, _result, _row_columns
-from flows.billstaging import PART_LINES, _Part, _Staging
-from flows.warehouse import LOAD_MEMORY_LIMIT, _memory_limit, _quote, _transaction
+from flows.bills.exactpath import ERROR_TAG, VALUE_PATTERNS, bill_chunks, is_gzip, load_exact, read_csv_sql
+from flows.bills.lineage import (
+    AfterInsert,
+    BillLoad,
+    LoadResult,
+    clear_day,
+    load_result,
+    read_header,
+    record_load,
+    row_columns,
+)
+from flows.bills.parts import PART_LINES, Part, Staging
+from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, quote_literal, transaction
 from wxpay.billfile import BillHeader, Column, parse_summary
 from wxpay.bills import BillProof
 from wxpay.errors import BillFormatError, BillHashMismatchError
@@ -84,12 +93,12 @@ def load_bill(
     path = Path(path)
     if proof is not None and proof.sha1.lower() != archive_sha1.lower():
         raise ValueError(f"the proof is for {proof.sha1}, not for {archive_sha1}")
-    gz = _is_gzip(path)
+    gz = is_gzip(path)
 
     def produce(feed: Callable[[bytes], None]) -> str:
         digest = None if proof else hashlib.sha1()  # noqa: S324 - WeChat Pay's bill hash is SHA-1 (spec §5.3)
         size = 0
-        for chunk in _chunks(path, gz):
+        for chunk in bill_chunks(path, gz):
             if digest is not None:
                 digest.update(chunk)
             size += len(chunk)
@@ -142,7 +151,7 @@ def load_bill_stream(
     returns the digest it verified, a file pass the one it computed), or raises — which rolls
     the load back and is raised here. When it returns, the file is complete at ``path``.
 
-    The pieces are cut into plain CSV part files at line ends (:class:`_Staging`); each batch
+    The pieces are cut into plain CSV part files at line ends (:class:`Staging`); each batch
     of finished parts is inserted by one ``INSERT … SELECT`` over ``read_csv`` of each part,
     numbered from the part's first line, so DuckDB works while the bill streams in and, at the
     end, on both cores. Every typed value of a row is checked by one regular expression over
@@ -156,8 +165,8 @@ def load_bill_stream(
     (see :data:`LOAD_MEMORY_LIMIT`; ``None`` leaves it alone).
     """
     path = Path(path)
-    with _memory_limit(con, memory_limit):
-        load = _Load.of(
+    with lowered_memory_limit(con, memory_limit):
+        load = BillLoad.of(
             path,
             mchid=mchid,
             bill_date=bill_date,
@@ -172,14 +181,14 @@ def _load_streamed(
     con: duckdb.DuckDBPyConnection,
     produce: Callable[[Callable[[bytes], None]], str],
     path: Path,
-    load: _Load,
+    load: BillLoad,
     staging_dir: str | Path | None,
     part_lines: int,
     _after_insert: AfterInsert | None,
 ) -> LoadResult:
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="wxbill-", dir=staging_dir))
-    staging = _Staging(folder, part_lines)
+    staging = Staging(folder, part_lines)
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -201,14 +210,14 @@ def _load_streamed(
     thread.start()
     try:
         try:
-            header = _header(staging.header(), load)
+            header = read_header(staging.header(), load)
         except BillFormatError:
             staging.stop("drain")
             produced()  # a broken download is the real cause
             raise
         try:
-            with _transaction(con):
-                replaced = _clear(con, load)
+            with transaction(con):
+                replaced = clear_day(con, load)
                 sql = _streamed_insert(header, load.rows_table)
                 row_count = 0
                 while parts := staging.take():
@@ -223,18 +232,20 @@ def _load_streamed(
                     summary = parse_summary(texts[0], texts[1], kind=header.kind, file=load.name, line=row_count + 2)
                 except (UnicodeDecodeError, BillFormatError) as exc:
                     raise _UseExactPath(str(exc)) from exc
-                _record(con, load, header, summary, row_count, sha1, _after_insert)
+                record_load(con, load, header, summary, row_count, sha1, _after_insert)
         except _UseExactPath:
             staging.stop("drain")
             produced()
-            return _load_exact(con, path, load, _after_insert)
+            return load_exact(con, path, load, _after_insert)
     except BaseException:
         staging.stop("cancel")
         thread.join()
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return _result(load, header, summary, row_count=row_count, replaced=replaced, started=started, loader="streamed")
+    return load_result(
+        load, header, summary, row_count=row_count, replaced=replaced, started=started, loader="streamed"
+    )
 
 
 _SEPARATOR = r"\|"  # the values joined by "|" (no checked value can hold one)
@@ -263,28 +274,28 @@ def _streamed_insert(header: BillHeader, table: str) -> str:
     checked, patterns = [], []
     for i, col in enumerate(header.columns):
         v = f"c{i:03d}"
-        pattern = _PATTERNS.get(col.kind) if col is not None else None
+        pattern = VALUE_PATTERNS.get(col.kind) if col is not None else None
         if i == 0:  # it keeps its backtick (the delimiter strips all the others)
             checked.append(v)
             patterns.append("`" + (f"(?:{pattern})" if pattern else ".*") + ("?" if pattern and col.nullable else ""))
         elif pattern:
             checked.append(v)
             patterns.append(f"(?:{pattern})" + ("?" if col.nullable else ""))
-    targets, exprs = _row_columns(header, _fast_value, "nullif(substr(c000, 2), '')")
+    targets, exprs = row_columns(header, _fast_value, "nullif(substr(c000, 2), '')")
     joined = ", '|', ".join(checked)
-    ok = f"regexp_full_match(concat({joined}), {_quote(_SEPARATOR.join(patterns))})"
+    ok = f"regexp_full_match(concat({joined}), {quote_literal(_SEPARATOR.join(patterns))})"
     return (
         f"insert into {table} (bill_mchid, bill_type, bill_date, archive_sha1, line_no, {', '.join(targets)})\n"  # noqa: S608
-        f"select ?, ?, ?, ?, if(ok, line_no, error('{_ERROR_TAG}: a value does not fit')), {', '.join(exprs)}\n"
+        f"select ?, ?, ?, ?, if(ok, line_no, error('{ERROR_TAG}: a value does not fit')), {', '.join(exprs)}\n"
         f"from (select *, {ok} as ok from ({{parts}}))"
     )
 
 
-def _insert_parts(con, sql: str, parts: list[_Part], header: BillHeader, lineage: list) -> int:
+def _insert_parts(con, sql: str, parts: list[Part], header: BillHeader, lineage: list) -> int:
     """Insert the rows of ``parts`` (one statement; DuckDB reads the parts side by side); return the row count."""
     readers = " union all ".join(
         f"select row_number() over () + {part.first_line - 1} as line_no, *"  # noqa: S608
-        f" from {_read_csv(part.path, header, compression='none')}"
+        f" from {read_csv_sql(part.path, header, compression='none')}"
         for part in parts
     )
     try:

@@ -1,6 +1,6 @@
 """The notification log: every callback the receiver answered, kept as received, for the reconciliation.
 
-The receiver (:mod:`flows.receiver`) appends one line per callback *before* it answers, so a
+The receiver (:mod:`flows.notifications.receiver`) appends one line per callback *before* it answers, so a
 callback WeChat Pay saw acknowledged is always on disk. The reconciliation reads the log and
 re-verifies every line itself; nothing in a line is trusted because the receiver trusted it.
 

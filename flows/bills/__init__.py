@@ -1,0 +1,38 @@
+"""Bills, from WeChat Pay into the warehouse: apply, download into the archive, load.
+
+The story in modules: ``fetcher`` applies for a bill and downloads it (verified) into the
+``archive``, or loads it while it downloads; ``loader`` is the streamed load (the bill cut into
+``parts`` that DuckDB reads while the rest arrives); ``exactpath`` is the load that names file,
+line and field of anything that is not a clean bill; ``lineage`` is what both loads write alike
+(the day replaced in one transaction, the summary checked, ``raw.bill_loads``).
+"""
+
+from __future__ import annotations
+
+from flows.bills.archive import ArchivedBill, BillArchive
+from flows.bills.fetcher import (
+    Fetched,
+    IngestResult,
+    fetch_to_archive,
+    ingest_bill,
+    load_archived,
+    record_bill_fetch,
+)
+from flows.bills.lineage import PARSER_VERSION, LoadResult
+from flows.bills.loader import PART_LINES, load_bill, load_bill_stream
+
+__all__ = [
+    "PARSER_VERSION",
+    "PART_LINES",
+    "ArchivedBill",
+    "BillArchive",
+    "Fetched",
+    "IngestResult",
+    "LoadResult",
+    "fetch_to_archive",
+    "ingest_bill",
+    "load_archived",
+    "load_bill",
+    "load_bill_stream",
+    "record_bill_fetch",
+]
