@@ -22,7 +22,6 @@ import json
 import random
 import shutil
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flows.clock import Clock, wall_clock, yesterday
 from flows.notifications import NotificationLog, ReceiverMerchant, create_app, serve_receiver
 from flows.settings import Settings
 from flows.sources import LOCAL_ORDER_SCHEMA, LOCAL_REFUND_SCHEMA, LocalOrdersSource, LocalRefundsSource
@@ -93,7 +93,7 @@ class MerchantApp:
     orders: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     notified: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
     def created(self, request: CombineNativeRequest, at: datetime) -> None:
         with self.lock:
@@ -119,6 +119,12 @@ class MerchantApp:
                 if row is not None and sub.trade_state == "SUCCESS":
                     row.update(status="SUCCESS", paid_at=sub.success_time, transaction_id=sub.transaction_id)
             self.notified += 1
+            self.lock.notify_all()
+
+    def wait_for_notifications(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` notifications reached the hook (hooks run just after each 204)."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.notified >= count, timeout)
 
     def closed(self, request: CombineNativeRequest) -> None:
         with self.lock:
@@ -253,14 +259,14 @@ def _business_day(sim: Simulator, app: MerchantApp, client: Client, notify_url: 
     return paid
 
 
-def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026) -> DemoResult:
-    """Run the demo end to end; see the module docstring."""
+def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026, clock: Clock = wall_clock) -> DemoResult:
+    """Run the demo end to end; see the module docstring. The business day is the day before ``clock``'s."""
     from flows.nightly import reconcile_day, using
 
     data_dir = Path(data_dir)
     prepare(data_dir)
     rng = random.Random(seed)  # noqa: S311 - demo data
-    day = datetime.now(BEIJING).date() - timedelta(days=1)
+    day = yesterday(clock)
     sim = Simulator.with_merchants(
         3,
         options=SimOptions(seed=seed, callback_clock="business"),
@@ -287,10 +293,8 @@ def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026) -> De
         say(f"business day          {day} (Beijing); merchants {', '.join(sim.merchants)}")
         with Client(base_url=sim_server.url, **initiator.client_kwargs()) as client:
             paid = _business_day(sim, app, client, f"{receiver.url}/wxpay/notify/{initiator.mchid}", day, rng)
-        deadline = time.monotonic() + 10
         expected = sum(1 for d in sim.deliveries if d.acknowledged)
-        while app.notified < expected and time.monotonic() < deadline:
-            time.sleep(0.05)  # hooks run just after each 204
+        app.wait_for_notifications(expected, timeout=10)
         edited = paid[3].sub_orders[0]
         app.orders[(edited.mchid, edited.out_trade_no)]["amount_fen"] += 100
         dropped = paid[5].sub_orders[-1]
@@ -308,7 +312,7 @@ def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026) -> De
             sim, sim_server.url, credentials, data_dir, orders_file, refunds_file, inbox.apprise_url
         )
         say(f"running reconcile_day({day}) under Prefect ...")
-        with using(settings):
+        with using(settings, clock=sim.clock.now):  # the simulated world's clock is the run's clock
             outcome = reconcile_day(day)
     inbox.close()
     sim.close()

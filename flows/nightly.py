@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import duckdb
 from prefect import flow, get_run_logger, task, unmapped
@@ -36,6 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerts import Alert, DayReport, compose, day_report, send, yuan
 from flows.bills import BillArchive, Fetched, fetch_to_archive, load_archived, record_bill_fetch
+from flows.clock import Clock, beijing_date, wall_clock, yesterday
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
 from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
@@ -43,10 +44,10 @@ from flows.sources import bill_day_window, import_local, read_local_orders, read
 from flows.warehouse import open_warehouse, run_checks, run_lock
 from wxpay.bills import BillRequest
 from wxpay.errors import BillError, BillNotReadyError, WxPayError
-from wxpay.models import BEIJING
 from wxpay.verifying import public_key_pem
 
 _settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("wxrecon_settings", default=None)
+_clock: contextvars.ContextVar[Clock] = contextvars.ContextVar("wxrecon_clock", default=wall_clock)
 
 progress_hook: Callable[[str, int], None] | None = None
 """Set by the command line to draw progress: called with (mchid, bytes received) during downloads and
@@ -62,22 +63,22 @@ def _step(name: str) -> None:
 
 
 @contextmanager
-def using(settings: Settings) -> Iterator[Settings]:
-    """Run flows with these settings instead of reading them (the demo, tests)."""
+def using(settings: Settings, *, clock: Clock | None = None) -> Iterator[Settings]:
+    """Run flows with these settings instead of reading them, and on ``clock`` instead of the wall clock
+    (the demo's simulated world, tests)."""
     token = _settings.set(settings)
+    clock_token = _clock.set(clock) if clock is not None else None
     try:
         yield settings
     finally:
+        if clock_token is not None:
+            _clock.reset(clock_token)
         _settings.reset(token)
 
 
 def _settings_for(config: str | None) -> Settings:
     given = _settings.get()
     return given if given is not None and config is None else load_settings(config)
-
-
-def yesterday() -> date:
-    return datetime.now(BEIJING).date() - timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -217,13 +218,14 @@ def notification_keys(settings: Settings) -> dict[str, MerchantKeys]:
 
 
 @task(name="verify notifications", cache_policy=NO_CACHE)
-def notifications_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: date) -> int:
+def notifications_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: date, today: date) -> int:
+    """Re-verify the log from before the pending window up to the run's ``today`` (Beijing)."""
     keys = notification_keys(settings)
     if not keys:
         return 0
     log = NotificationLog(settings.notification_root)
     start = bill_date - timedelta(days=settings.pending_days + 1)
-    end = max(bill_date + timedelta(days=1), datetime.now(BEIJING).date())
+    end = max(bill_date + timedelta(days=1), today)
     return verify_log(con, log, keys, start=start, end=end, workers=2).newly_verified
 
 
@@ -275,7 +277,8 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
 def reconcile_day(bill_date: date | None = None, config: str | None = None) -> DayOutcome:
     """Reconcile one Beijing day (default: yesterday) for every configured merchant."""
     settings = _settings_for(config)
-    bill_date = bill_date or yesterday()
+    started = _clock.get()()  # the run's moment: every business decision below reads it, not the wall clock
+    bill_date = bill_date or yesterday(lambda: started)
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
@@ -308,7 +311,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
             if settings.local_orders:
                 local_task(con, settings, bill_date)
             _step("verify notifications")
-            notifications_task(con, settings, bill_date)
+            notifications_task(con, settings, bill_date, beijing_date(started))
             _step("reconcile")
             result = recon_task(con, settings, bill_date)
             _step("data checks")

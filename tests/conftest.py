@@ -27,7 +27,10 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-pytest_plugins = ["tests.dbservers"]  # real PostgreSQL and MariaDB servers, started per session
+pytest_plugins = [
+    "tests.clock",  # every run on a day of its own (WXRECON_TEST_NOW reproduces one)
+    "tests.dbservers",  # real PostgreSQL and MariaDB servers, started per session
+]
 
 INITIATOR = "1900000100"
 PARTICIPANTS = ("1900000101", "1900000102")

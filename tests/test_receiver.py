@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -248,12 +247,9 @@ def test_fifty_concurrent_deliveries_of_one_callback_make_one_accepted_line_and_
                 *(client.post(f"/wxpay/notify/{INITIATOR}", content=body, headers=headers) for headers, body in signed)
             )
 
-    started = time.monotonic()
     answers = asyncio.run(fire())
-    elapsed = time.monotonic() - started
 
     assert [a.status_code for a in answers] == [204] * 50
-    assert elapsed < 5
     entries = harness.entries()
     assert sorted(outcomes(entries)) == ["accepted"] + ["duplicate"] * 49
     assert {e.notification_id for e in entries} == {delivery.notification_id}
@@ -263,8 +259,7 @@ def test_fifty_concurrent_deliveries_of_one_callback_make_one_accepted_line_and_
     sim.deliver_due()  # and WeChat Pay's own delivery of the same callback
     assert delivery.attempts[0].status == 204
     assert outcomes(harness.entries()).count("accepted") == 1
-    assert harness.hook_called.wait(5)
-    time.sleep(0.2)
+    harness.stop()  # a graceful stop waits for the hooks still running after their answers
     assert len(harness.notes) == 1
 
 
@@ -332,10 +327,8 @@ def test_a_hook_that_raises_changes_neither_the_answer_nor_the_log(harness, capl
 
     assert delivery.attempts[0].status == 204
     assert outcomes(harness.entries()) == ["accepted"]
-    assert called.wait(5)
-    deadline = time.monotonic() + 5
-    while "notification hook failed" not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.02)
+    harness.stop()  # a graceful stop waits for the hook to finish (and to be logged)
+    assert called.is_set()
     assert f"notification hook failed for {delivery.notification_id}" in caplog.text
     assert "downstream is down" in caplog.text
 
@@ -390,7 +383,7 @@ def test_no_apiv3_key_and_no_payer_data_reach_the_log_files_or_the_logs(harness,
 
 
 WRITER = """
-import os, sys, time
+import os, sys
 from datetime import datetime
 from pathlib import Path
 from flows.notifications import LogEntry, NotificationLog
@@ -398,9 +391,8 @@ from wxpay.models import BEIJING
 
 root, me = Path(sys.argv[1]), sys.argv[2]
 log = NotificationLog(root / "log")
-(root / f"ready-{me}").touch()
-while not (root / "go").exists():  # start together
-    time.sleep(0.001)
+print("ready", flush=True)
+sys.stdin.readline()  # start together: the test answers once both are ready
 for i in range(25):
     entry = LogEntry(datetime.now(BEIJING), "1900000100", "accepted", None, "EV-shared", {}, b"{}", 204)
     log.accept(entry)
@@ -411,12 +403,20 @@ for i in range(25):
 def test_writers_in_two_processes_never_interleave_and_accept_an_id_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(i)], cwd=REPO, env=env) for i in range(2)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(i)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
     ]
-    deadline = time.monotonic() + 30
-    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (tmp_path / "go").touch()
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
 
     scan = NotificationLog(tmp_path / "log").read(INITIATOR)
