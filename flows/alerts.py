@@ -19,18 +19,10 @@ from datetime import date
 
 import duckdb
 
+from flows.money import fmt_yuan
 from flows.settings import AlertConfig
 
 logger = logging.getLogger(__name__)
-
-
-def yuan(fen: int | None) -> str:
-    """Exact fen → ``¥1,234.56`` (``-¥0.05`` for negatives); never through float."""
-    if fen is None:
-        return "-"
-    sign = "-" if fen < 0 else ""
-    whole, part = divmod(abs(int(fen)), 100)
-    return f"{sign}¥{whole:,}.{part:02d}"
 
 
 @dataclass(frozen=True)
@@ -38,7 +30,7 @@ class ClassLine:
     mchid: str
     cls: str
     items: int
-    exposure_fen: int  # what is at stake: |difference| when both sides are known, else the amount on one side
+    exposure_fen: int  # the money at stake (marts.mart_recon_items.exposure_fen, summed)
 
 
 @dataclass(frozen=True)
@@ -73,15 +65,12 @@ class DayReport:
         return sum(c.exposure_fen for c in self.classes)
 
 
-_EXPOSURE = "coalesce(abs(diff_fen), bill_fen, local_fen, notified_fen, 0)"
-
-
 def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[str], *, top: int = 5) -> DayReport:
     """Open exceptions of ``as_of`` per merchant and class, and the largest of them (pending kept apart)."""
     ids = sorted(merchants)
     report = DayReport(as_of, ids)
     rows = con.execute(
-        f"select mchid, class, state, count(*), sum({_EXPOSURE}) from marts.mart_recon_items"
+        "select mchid, class, state, count(*), sum(exposure_fen) from marts.mart_recon_items"
         " where recon_date = ? and list_contains(?, mchid) group by all order by all",
         [as_of, [*ids, "_unrouted"]],
     ).fetchall()
@@ -100,8 +89,8 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
         for row in con.execute(
             "select mchid, class, case when item_kind = 'notification_line' then coalesce(notification_id, item_key)"
             " else item_key end, bill_fen, local_fen, notified_fen, diff_fen,"
-            f" {_EXPOSURE} as exposure from marts.mart_recon_items where recon_date = ? and list_contains(?, mchid)"
-            " and state = 'open' order by exposure desc, mchid, item_key limit ?",
+            " exposure_fen from marts.mart_recon_items where recon_date = ? and list_contains(?, mchid)"
+            " and state = 'open' order by exposure_fen desc, mchid, item_key limit ?",
             [as_of, [*ids, "_unrouted"], top],
         ).fetchall()
     ]
@@ -127,7 +116,7 @@ def compose(
     if report.exceptions > config.max_count:
         reasons.append(f"{report.exceptions} exceptions (threshold {config.max_count})")
     if report.exposure_fen > config.max_amount_fen:
-        reasons.append(f"{yuan(report.exposure_fen)} at stake (threshold {yuan(config.max_amount_fen)})")
+        reasons.append(f"{fmt_yuan(report.exposure_fen)} at stake (threshold {fmt_yuan(config.max_amount_fen)})")
     if integrity:
         reasons.append("integrity failure")
     if late:
@@ -136,7 +125,9 @@ def compose(
         return None
     merchants = ", ".join(report.merchants)
     if reasons:
-        title = f"WeChat Pay reconciliation {report.as_of}: {report.exceptions} exceptions, {yuan(report.exposure_fen)}"
+        title = (
+            f"WeChat Pay reconciliation {report.as_of}: {report.exceptions} exceptions, {fmt_yuan(report.exposure_fen)}"
+        )
     else:
         title = f"WeChat Pay reconciliation {report.as_of}: all matched"
     lines = [
@@ -153,13 +144,13 @@ def compose(
         lines.append("")
         lines.append("Exceptions by merchant and class:")
         for c in report.classes:
-            lines.append(f"- {c.mchid} {c.cls}: {c.items} item(s), {yuan(c.exposure_fen)}")
+            lines.append(f"- {c.mchid} {c.cls}: {c.items} item(s), {fmt_yuan(c.exposure_fen)}")
     if report.top:
         lines.append("")
         lines.append("Largest items:")
         for item in report.top:
             amounts = [
-                f"{label} {yuan(value)}"
+                f"{label} {fmt_yuan(value)}"
                 for label, value in (
                     ("bill", item.bill_fen),
                     ("local", item.local_fen),
@@ -167,7 +158,7 @@ def compose(
                 )
                 if value is not None
             ]
-            diff = f", difference {yuan(item.diff_fen)}" if item.diff_fen is not None else ""
+            diff = f", difference {fmt_yuan(item.diff_fen)}" if item.diff_fen is not None else ""
             lines.append(f"- {item.mchid} {item.key} {item.cls}: {', '.join(amounts) or 'no amount'}{diff}")
     lines.append("")
     lines.append(f"Details: {config.notebook_hint}")

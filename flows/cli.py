@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flows.alerts import yuan
+from flows.money import fmt_yuan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="WeChat Pay combine-order reconciliation")
 console = Console()
@@ -67,7 +67,7 @@ def _print_exceptions(rows: list[dict], title: str) -> None:
     for row in rows:
         key = row.get("notification_id") if row["item_kind"] == "notification_line" else row["item_key"]
         amounts = ", ".join(
-            f"{label} {yuan(row[name])}"
+            f"{label} {fmt_yuan(row[name])}"
             for label, name in (
                 ("bill", "bill_fen"),
                 ("local", "local_fen"),
@@ -85,7 +85,7 @@ def _print_exceptions(rows: list[dict], title: str) -> None:
 def _print_outcome(outcome) -> None:
     console.print(
         f"[bold]{outcome.bill_date}[/bold]: {outcome.exceptions} exceptions, {outcome.pending} pending, "
-        f"{yuan(outcome.exposure_fen)} at stake; loaded {', '.join(outcome.loaded) or 'no bill'}"
+        f"{fmt_yuan(outcome.exposure_fen)} at stake; loaded {', '.join(outcome.loaded) or 'no bill'}"
         + (f"; no trades: {', '.join(outcome.empty)}" if outcome.empty else "")
     )
     if outcome.opened or outcome.closed:
@@ -208,8 +208,8 @@ def report(
         console.print(f"{bill_date} has not been reconciled (no items in {settings.warehouse_path})")
         raise typer.Exit(EXIT_ATTENTION)
     table = Table(title=f"Reconciliation {bill_date}")
-    for column in ("merchant", "kind", "class", "items", "bill", "local", "|difference|"):
-        table.add_column(column, justify="right" if column in ("items", "bill", "local", "|difference|") else "left")
+    for column in ("merchant", "kind", "class", "items", "bill", "local", "at stake"):
+        table.add_column(column, justify="right" if column in ("items", "bill", "local", "at stake") else "left")
     for row in summary:
         style = "" if row["class"] == "matched" else ("yellow" if row["state"] == "pending" else "red")
         table.add_row(
@@ -217,9 +217,9 @@ def report(
             row["item_kind"],
             f"[{style}]{row['class']}[/{style}]" if style else row["class"],
             str(row["items"]),
-            yuan(row["bill_fen"]),
-            yuan(row["local_fen"]),
-            yuan(row["abs_diff_fen"]),
+            fmt_yuan(row["bill_fen"]),
+            fmt_yuan(row["local_fen"]),
+            fmt_yuan(row["exposure_fen"]),
         )
     console.print(table)
     totals = Table(title="Control totals (fen → yuan)")
@@ -239,11 +239,11 @@ def report(
             row["mchid"],
             str(row["summary_rows"]),
             str(row["detail_rows"]),
-            yuan(row["summary_order_fen"]),
-            yuan(row["detail_order_fen"]),
-            yuan(row["local_paid_fen"]),
-            yuan(row["summary_minus_detail_fen"]),
-            yuan(row["bill_minus_local_fen"]),
+            fmt_yuan(row["summary_order_fen"], empty="-"),
+            fmt_yuan(row["detail_order_fen"], empty="-"),
+            fmt_yuan(row["local_paid_fen"], empty="-"),
+            fmt_yuan(row["summary_minus_detail_fen"], empty="-"),
+            fmt_yuan(row["bill_minus_local_fen"], empty="-"),
         )
     console.print(totals)
     exceptions = [r for r in exceptions_of_day(settings.warehouse_path, bill_date) if r["state"] != "pending"]

@@ -34,9 +34,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.alerts import Alert, DayReport, compose, day_report, send, yuan
+from flows.alerts import Alert, DayReport, compose, day_report, send
 from flows.bills import BillArchive, Fetched, fetch_to_archive, load_archived, record_bill_fetch
 from flows.clock import Clock, beijing_date, wall_clock, yesterday
+from flows.money import fmt_yuan
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
 from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
@@ -257,12 +258,12 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         f"# WeChat Pay reconciliation {report.as_of}",
         "",
         f"Merchants {', '.join(report.merchants)}: {report.matched} matched, {report.pending} pending, "
-        f"{report.exceptions} exceptions ({yuan(report.exposure_fen)} at stake).",
+        f"{report.exceptions} exceptions ({fmt_yuan(report.exposure_fen)} at stake).",
         "",
         "| merchant | class | items | at stake |",
         "|---|---|---:|---:|",
     ]
-    lines += [f"| {c.mchid} | {c.cls} | {c.items} | {yuan(c.exposure_fen)} |" for c in report.classes]
+    lines += [f"| {c.mchid} | {c.cls} | {c.items} | {fmt_yuan(c.exposure_fen)} |" for c in report.classes]
     if outcome.opened or outcome.closed:
         lines += ["", f"Since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed."]
         lines += [f"- opened {item}" for item in outcome.opened[:20]]
@@ -338,7 +339,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
         bill_date,
         outcome.exceptions,
         outcome.pending,
-        yuan(outcome.exposure_fen),
+        fmt_yuan(outcome.exposure_fen),
     )
     return outcome
 

@@ -20,13 +20,13 @@ def _rows(warehouse: Path, sql: str, args: list[Any]) -> list[dict[str, Any]]:
 
 
 def exceptions_of_day(warehouse: Path, day: date) -> list[dict[str, Any]]:
-    """The day's exception items (pending ones included), largest first."""
+    """The day's exception items (pending ones included), most money at stake first."""
     return _rows(
         warehouse,
-        "select mchid, class, state, item_kind, item_key, bill_fen, local_fen, notified_fen, diff_fen, detail,"
-        " bill_archive_path, bill_line_no, notification_id, notification_log_file, notification_line_no"
+        "select mchid, class, state, item_kind, item_key, bill_fen, local_fen, notified_fen, diff_fen, exposure_fen,"
+        " detail, bill_archive_path, bill_line_no, notification_id, notification_log_file, notification_line_no"
         " from marts.mart_recon_items where recon_date = ? and class <> 'matched'"
-        " order by coalesce(abs(diff_fen), bill_fen, local_fen, 0) desc, mchid, item_key",
+        " order by exposure_fen desc, mchid, item_key",
         [day],
     )
 
@@ -35,7 +35,7 @@ def summary_of_day(warehouse: Path, day: date) -> list[dict[str, Any]]:
     """Per merchant and class: items and fen sums (matched included)."""
     return _rows(
         warehouse,
-        "select mchid, item_kind, class, state, items, bill_fen, local_fen, abs_diff_fen"
+        "select mchid, item_kind, class, state, items, bill_fen, local_fen, abs_diff_fen, exposure_fen"
         " from marts.mart_daily_summary where recon_date = ? order by mchid, item_kind, class",
         [day],
     )

@@ -106,19 +106,6 @@ def test_for_display_renames_money_columns_to_yuan_text():
     assert shown.iloc[0].tolist() == ["1", "¥99.00", "¥0.99"]
 
 
-def test_amount_involved_takes_the_largest_side_exactly():
-    frame = pd.DataFrame(
-        {
-            "bill_fen": pd.array([9900, None, 2700, None, 2**60], dtype="Int64"),
-            "local_fen": pd.array([10000, 1500, None, None, 1], dtype="Int64"),
-            "notified_fen": pd.array([None, None, -2799, None, None], dtype="Int64"),
-        }
-    )
-    involved = finance.amount_involved(frame)
-    assert str(involved.dtype) == "Int64"
-    assert involved.tolist() == [10000, 1500, 2799, 0, 2**60]
-
-
 # --- masking --------------------------------------------------------------------------------
 
 

@@ -242,13 +242,11 @@ def test_drilldown_of_the_amount_mismatch_shows_both_amounts_and_the_bill_line(w
     assert_no_openid(world, text, exported)
 
 
-def test_drilldown_defaults_to_the_largest_open_exception(world, tmp_path):
+def test_drilldown_defaults_to_the_open_exception_with_most_at_stake(world, tmp_path):
     result, text = drilldown(world, tmp_path, None)
     largest = marts(
         world,
-        "select item_key from marts.mart_exceptions where state = 'open' order by"
-        " greatest(abs(coalesce(bill_fen, 0)), abs(coalesce(local_fen, 0)), abs(coalesce(notified_fen, 0))) desc"
-        " limit 1",
+        "select item_key from marts.mart_exceptions where state = 'open' order by exposure_fen desc limit 1",
     )[0][0]
     assert result["key"] == largest
     assert_no_openid(world, text)

@@ -115,6 +115,40 @@ def test_every_injected_case_yields_exactly_its_class(scenario, tmp_path):
     assert result.open_exceptions == len(EXPECTED) - 2  # all but the two pending
 
 
+def test_one_money_at_stake_for_the_alert_the_report_and_the_notebooks(scenario, tmp_path):
+    from flows import finance
+    from flows.alerts import day_report
+    from flows.report import exceptions_of_day, summary_of_day
+
+    con = warehouse_copy(scenario, tmp_path)
+    run(con, *scenario.local_tables())
+    alert = day_report(con, D, MERCHANTS, top=100)
+    con.close()
+    path = tmp_path / "warehouse.duckdb"
+
+    # each class counts its money once, as sql/recon/items.sql says
+    per_item = {(r["class"], r["item_key"]): r["exposure_fen"] for r in exceptions_of_day(path, D)}
+    assert per_item[("amount_mismatch", "CB0002S1")] == 100  # 99.00 billed, 100.00 recorded
+    assert per_item[("missing_locally", "CB0003S1")] == 5000
+    assert per_item[("fee_mismatch", "pay:CB0014S2")] == 81  # fee 0.99 charged, 0.18 due
+    assert per_item[("refund_amount_mismatch", "CB0015S1/RF0015")] == 50
+    assert per_item[("notification_amount_mismatch", "CB0012")] == 99
+    assert all(v == 0 for (cls, _), v in per_item.items() if cls == "notification_duplicate")
+    statuses = [v for (cls, _), v in per_item.items() if cls == "status_mismatch"]
+    assert statuses
+    assert all(v > 0 for v in statuses)  # the whole amount is in question, not a 0 difference
+
+    # and the alert, the report and the notebooks' helper add up the same figures
+    by_alert = {(c.mchid, c.cls): c.exposure_fen for c in alert.classes}
+    by_report = {(r["mchid"], r["class"]): r["exposure_fen"] for r in summary_of_day(path, D) if r["state"] == "open"}
+    items = finance.Warehouse(path).recon_items(start=D, end=D)
+    opened = items[items["state"] == "open"]
+    by_notebook = {k: int(v) for k, v in opened.groupby(["mchid", "class"])["exposure_fen"].sum().items()}
+    assert by_alert == by_report == by_notebook
+    assert alert.exposure_fen == sum(by_notebook.values())
+    assert alert.top[0].exposure_fen == int(opened["exposure_fen"].max())
+
+
 def test_control_totals(scenario, tmp_path):
     con = warehouse_copy(scenario, tmp_path)
     run(con, *scenario.local_tables())

@@ -774,3 +774,16 @@ def test_a_load_lowers_the_memory_limit_and_restores_it(tmp_path, sql_dir):
     connection.close()
     assert seen == ["488.2 MiB", "2.7 GiB"]
     assert after == "2.7 GiB"  # 3GB, as DuckDB shows it
+
+
+def test_the_summary_checks_are_the_rule_a_load_checks_written_from_the_catalog(tmp_path):
+    from flows.bills.summaries import CHECKS, check_sql, write_checks
+
+    for name, trade in CHECKS.items():
+        assert (SQL_DIR / "checks" / f"{name}.sql").read_text(encoding="utf-8") == check_sql(trade), (
+            f"sql/checks/{name}.sql is not what the catalog says: run `python -m flows.bills`"
+        )
+    (tmp_path / "checks").mkdir()
+    assert sorted(p.name for p in write_checks(tmp_path)) == sorted(f"{n}.sql" for n in CHECKS)
+    assert "coalesce(sum(fee_millifen), 0) as fee_millifen" in check_sql(True)
+    assert "count(*) filter (where direction = '支出') as expense_count" in check_sql(False)

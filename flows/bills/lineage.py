@@ -19,13 +19,13 @@ from pathlib import Path
 
 import duckdb
 
+from flows.bills.summaries import aggregate
 from flows.warehouse import quote_literal
 from wxpay.billfile import (
     BillHeader,
     BillKind,
     BillSummary,
     Column,
-    SummaryColumn,
     bill_kind_for_type,
     bill_type_label,
     parse_header,
@@ -212,15 +212,10 @@ def load_result(
     )
 
 
-def _aggregate(spec: SummaryColumn) -> str:
-    where = f" filter (where direction = {quote_literal(spec.direction)})" if spec.direction else ""
-    return f"count(*){where}" if spec.of is None else f"coalesce(sum({spec.of}){where}, 0)"
-
-
 def _check_summary(con, table: str, key: list, summary: BillSummary, name: str, line: int) -> None:
     """Compare each summary value with COUNT/SUM over the rows just inserted."""
     specs = summary.columns
-    sql = f"select {', '.join(_aggregate(s) for s in specs)} from {table} where {LOAD_KEY}"  # noqa: S608
+    sql = f"select {', '.join(aggregate(s) for s in specs)} from {table} where {LOAD_KEY}"  # noqa: S608
     detail = con.execute(sql, key).fetchone()
     differences = {
         s.title: (summary.values[s.name], int(got))

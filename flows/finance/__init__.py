@@ -43,7 +43,7 @@ from flows.finance.evidence import (
 from flows.finance.explanations import EXPLANATIONS, Explanation, class_label, explain
 from flows.finance.marts import MARTS, Warehouse
 from flows.finance.masking import mask_frame, mask_id, mask_text
-from flows.finance.money import amount_involved, fmt_fee, fmt_rate, fmt_yuan, for_display, parse_rate, yuan
+from flows.finance.money import fmt_fee, fmt_rate, fmt_yuan, for_display, parse_rate, yuan
 from flows.finance.paths import (
     DEFAULT_ARCHIVE,
     DEFAULT_CHARTS,
@@ -71,7 +71,6 @@ __all__ = [
     "Warehouse",
     "WarehouseBusy",
     "WarehouseMissing",
-    "amount_involved",
     "class_label",
     "explain",
     "fmt_fee",

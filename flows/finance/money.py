@@ -1,6 +1,7 @@
-"""Money as exact text and numbers: fen and milli-fen to yuan, fee rates, money columns for display.
+"""Money for notebooks: fee rates, and money columns of a data frame made readable.
 
-Nothing goes through ``float``: :func:`yuan` turns integer fen into a :class:`~decimal.Decimal`.
+Fen and fees as yuan (:func:`yuan`, :func:`fmt_yuan`, :func:`fmt_fee`) are :mod:`flows.money`, the one
+formatter every part of the product uses (re-exported here). Nothing goes through ``float``.
 """
 
 from __future__ import annotations
@@ -8,51 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
 
 import pandas as pd
 
-__all__ = ["amount_involved", "fmt_fee", "fmt_rate", "fmt_yuan", "for_display", "parse_rate", "yuan"]
+from flows.money import fmt_fee, fmt_yuan, yuan
+
+__all__ = ["fmt_fee", "fmt_rate", "fmt_yuan", "for_display", "parse_rate", "yuan"]
 
 _MONEY = re.compile(r"(_fen|_millifen)$")
-
-
-def _integer(value: Any, unit: str) -> int | None:
-    if value is None or value is pd.NA:
-        return None
-    if isinstance(value, (bool, float)):
-        raise TypeError(f"{unit} must be an integer, not {type(value).__name__} ({value!r})")
-    if isinstance(value, Decimal):
-        if value != value.to_integral_value():
-            raise ValueError(f"{unit} must be whole, got {value}")
-        return int(value)
-    return int(value)  # int, numpy integer
-
-
-def yuan(fen: Any) -> Decimal | None:
-    """Integer fen -> exact yuan (``9900`` -> ``Decimal('99.00')``); ``None``/NA -> ``None``; floats refused."""
-    whole = _integer(fen, "fen")
-    return None if whole is None else Decimal(whole).scaleb(-2)
-
-
-def fmt_yuan(fen: Any, *, signed: bool = False, empty: str = "") -> str:
-    """``123456`` -> ``¥1,234.56``; ``-100`` -> ``-¥1.00``; ``signed`` puts ``+`` on positives."""
-    amount = yuan(fen)
-    if amount is None:
-        return empty
-    sign = "-" if amount < 0 else ("+" if signed and amount > 0 else "")
-    return f"{sign}¥{abs(amount):,.2f}"
-
-
-def fmt_fee(millifen: Any, *, empty: str = "") -> str:
-    """Milli-fen (fees) -> yuan with 2 to 5 decimals: ``99000`` -> ``¥0.99``, ``17998`` -> ``¥0.17998``."""
-    whole = _integer(millifen, "millifen")
-    if whole is None:
-        return empty
-    amount = Decimal(abs(whole)).scaleb(-5)
-    text = f"{amount:,.5f}"
-    text = text[:-3] + text[-3:].rstrip("0")
-    return f"{'-' if whole < 0 else ''}¥{text}"
 
 
 def parse_rate(rate: str | Decimal) -> Decimal:
@@ -80,13 +44,3 @@ def for_display(frame: pd.DataFrame, *, keep: Iterable[str] = ()) -> pd.DataFram
         shown[name] = [fmt(v) for v in shown[name]]
         shown = shown.rename(columns={name: _MONEY.sub("_yuan", name)})
     return shown
-
-
-def amount_involved(frame: pd.DataFrame) -> pd.Series:
-    """Per row of items or exceptions: the largest of |bill|, |local|, |notified| fen (0 if none), Int64.
-    For a fee item that is the amount the fee is charged on."""
-    parts = [frame[c].fillna(0).abs() for c in ("bill_fen", "local_fen", "notified_fen")]
-    biggest = parts[0]
-    for part in parts[1:]:
-        biggest = biggest.where(biggest >= part, part)
-    return biggest.astype("Int64")

@@ -99,7 +99,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, params: ReconParams, *, sql_dir: P
                 [merchants, window_start, params.as_of],
             )
         items = (sql_dir / "recon" / "items.sql").read_text()
-        con.execute(f"insert into recon.items select *, ? as run_id from (\n{items}\n)", [run_id])
+        con.execute(f"insert into recon.items by name select *, ? as run_id from (\n{items}\n)", [run_id])
         con.execute(
             "insert into recon.daily_totals select recon_date, mchid, item_kind, items, bill_fen, local_fen, ?"
             " from intermediate.int_daily_totals",

@@ -1,4 +1,6 @@
 -- Every fund-flow bill load whose summary line disagrees with the counts/sums of its rows by 收支类型.
+-- Generated from wxpay.billformat.SUMMARY_COLUMNS by flows.bills.summaries (the rule a load checks):
+-- change the catalog, then run `python -m flows.bills`.
 with
 
 summaries as (

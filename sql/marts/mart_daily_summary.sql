@@ -1,5 +1,6 @@
 -- Per merchant-day, item kind and class: how many items, and their fen sums (bill, local, notified,
--- |difference|). Matched items come from the daily totals, exceptions from the items.
+-- |difference|, and exposure_fen: the money at stake, as sql/recon/items.sql counts it). Matched items come
+-- from the daily totals, exceptions from the items.
 with
 
 matched as (
@@ -13,7 +14,8 @@ matched as (
         bill_fen,
         local_fen,
         0 as notified_fen,
-        0 as abs_diff_fen
+        0 as abs_diff_fen,
+        0 as exposure_fen
     from recon.daily_totals
 ),
 
@@ -28,7 +30,8 @@ exceptions as (
         coalesce(sum(bill_fen), 0) as bill_fen,
         coalesce(sum(local_fen), 0) as local_fen,
         coalesce(sum(notified_fen), 0) as notified_fen,
-        coalesce(sum(abs(diff_fen)), 0) as abs_diff_fen
+        coalesce(sum(abs(diff_fen)), 0) as abs_diff_fen,
+        coalesce(sum(exposure_fen), 0) as exposure_fen
     from recon.items
     group by recon_date, mchid, item_kind, class, state
 )
@@ -43,7 +46,8 @@ select
     bill_fen,
     local_fen,
     notified_fen,
-    abs_diff_fen
+    abs_diff_fen,
+    exposure_fen
 from matched
 union all
 select
@@ -56,5 +60,6 @@ select
     bill_fen,
     local_fen,
     notified_fen,
-    abs_diff_fen
+    abs_diff_fen,
+    exposure_fen
 from exceptions

@@ -1,6 +1,7 @@
 -- Every exception ever found, with its state (open, pending, resolved), age and evidence. Age is business
 -- time: days from the item's bill day to the newest reconciled day, or, for a resolved one, to the reconciled
 -- day of the run that resolved it (never the wall-clock resolved_at, which is an audit stamp only).
+-- exposure_fen and bill_archive_path mean what they mean in mart_recon_items.
 with
 
 exceptions as (
@@ -27,6 +28,7 @@ exceptions as (
         local_fen,
         notified_fen,
         diff_fen,
+        exposure_fen,
         bill_fee_millifen,
         expected_fee_millifen,
         copies,
@@ -43,6 +45,16 @@ exceptions as (
 
 runs as (
     select run_id, as_of_date from recon.runs
+),
+
+loads as (
+    select
+        mchid,
+        bill_type,
+        bill_date,
+        archive_sha1,
+        nullif(source_label, '') as archive_path
+    from raw.bill_loads
 ),
 
 newest as (
@@ -77,16 +89,15 @@ select
     exceptions.local_fen,
     exceptions.notified_fen,
     exceptions.diff_fen,
+    exceptions.exposure_fen,
     exceptions.bill_fee_millifen,
     exceptions.expected_fee_millifen,
     exceptions.copies,
     exceptions.bill_date,
+    loads.bill_type,
     exceptions.bill_archive_sha1,
     exceptions.bill_line_no,
-    case when exceptions.bill_archive_sha1 is not null then
-        'mchid=' || exceptions.mchid || '/bill_type=trade_all/bill_date=' || exceptions.bill_date || '/'
-        || exceptions.bill_archive_sha1 || '.csv.gz'
-    end as bill_archive_path,
+    loads.archive_path as bill_archive_path,
     exceptions.notification_id,
     exceptions.notification_log_file,
     exceptions.notification_line_no,
@@ -95,3 +106,6 @@ select
 from exceptions
 cross join newest
 left join runs as resolving on exceptions.resolved_run = resolving.run_id
+left join loads
+    on exceptions.bill_date = loads.bill_date
+    and exceptions.bill_archive_sha1 = loads.archive_sha1

@@ -16,6 +16,7 @@ select
     local_fen,
     notified_fen,
     diff_fen,
+    exposure_fen,
     bill_fee_millifen,
     expected_fee_millifen,
     copies,

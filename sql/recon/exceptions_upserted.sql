@@ -5,7 +5,7 @@ insert into recon.exceptions (
     exception_id, item_kind, mchid, item_key, class, state, recon_date,
     first_seen_run, first_seen_at, last_seen_run, last_seen_at,
     combine_out_trade_no, out_trade_no, out_refund_no, transaction_id, bill_fen, local_fen,
-    notified_fen, diff_fen, bill_fee_millifen, expected_fee_millifen, copies, bill_date,
+    notified_fen, diff_fen, exposure_fen, bill_fee_millifen, expected_fee_millifen, copies, bill_date,
     bill_archive_sha1, bill_line_no, notification_id, notification_log_file, notification_line_no,
     local_key, detail
 )
@@ -29,6 +29,7 @@ select
     local_fen,
     notified_fen,
     diff_fen,
+    exposure_fen,
     bill_fee_millifen,
     expected_fee_millifen,
     copies,
@@ -58,6 +59,7 @@ on conflict (exception_id) do update set
     local_fen = excluded.local_fen,
     notified_fen = excluded.notified_fen,
     diff_fen = excluded.diff_fen,
+    exposure_fen = excluded.exposure_fen,
     bill_fee_millifen = excluded.bill_fee_millifen,
     expected_fee_millifen = excluded.expected_fee_millifen,
     copies = excluded.copies,
