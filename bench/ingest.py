@@ -1,4 +1,4 @@
-"""Benchmark: one trade bill from the simulator into DuckDB (``flows.ingest.ingest_bill``), against its floor.
+"""Benchmark: one trade bill from the simulator into DuckDB (``flows.bills.ingest_bill``), against its floor.
 
     .venv/bin/python bench/ingest.py [--rows 1000000] [--runs 5] [--seed 20250310] [--only e2e,sha1,...]
     .venv/bin/python bench/ingest.py --rows 5000000            # 3 runs by default from 5M rows up
@@ -11,8 +11,9 @@ and the business clock set to the next day 10:30 with ``POST /sim/clock``. Then,
 ``--runs`` times, each measurement in a fresh subprocess (peak RSS and CPU seconds from ``wait4``
 are per measurement), with a warm page cache and a fresh DuckDB file per run:
 
-* ``e2e``    ``ingest_bill``: apply → download (inflate + SHA-1 in the stream) → archive → parse →
-             typed load → summary check → commit, into a fresh DuckDB file and archive directory;
+* ``e2e``    ``ingest_bill``, what the nightly flow runs per merchant: apply → download (inflate +
+             SHA-1 in the stream) → archive → parse → typed load → summary check → commit, into a
+             fresh DuckDB file and archive directory;
 * ``sha1``   floor, part 1: ISA-L inflate + SHA-1 of the cached ``.gz``, one streaming pass;
 * ``parse``  floor, part 2: DuckDB typed ``read_csv`` of the ``.gz`` (amounts DECIMAL, times
              TIMESTAMP, 2 threads), ``min()`` of every column — parse only, nothing stored;
@@ -20,8 +21,10 @@ are per measurement), with a warm page cache and a fresh DuckDB file per run:
              (the point removed from a checked string, then int64), into a DuckDB file table;
 * ``pycsv``  baseline: ``gzip`` + ``csv`` row loop with exact conversions into column lists, one
              Arrow table, one bulk insert into a DuckDB file table (no executemany);
-* ``fetchload`` for information: the nightly flow's way, ``fetch_to_archive`` then ``load_archived``
-             (download first, then load the archived file on the download's proof, no overlap).
+* ``fetchload`` for information: download first, then load (``fetch_to_archive`` then
+             ``load_archived`` on the download's proof, no overlap): what ``ingest_bill`` falls back to
+             when a streamed attempt breaks off, and what the nightly ran before it loaded while
+             downloading.
 
 Once more, outside the timing: a bill with one ``3.315`` amount must fail ``ingest_bill`` with the
 file, line and field named and nothing loaded.

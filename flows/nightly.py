@@ -2,15 +2,16 @@
 
 ``reconcile_day(bill_date)`` (default: yesterday, Beijing time) runs, in order:
 
-1. per merchant, in parallel (``settings.concurrency``): apply for the trade bill and download
-   it into the archive; "not ready yet" is retried with backoff until the deadline, then the
-   bill is reported late; other errors are retried only when WeChat Pay says a retry can help;
-2. load each bill into the warehouse, one transaction per (merchant, day), one at a time;
-3. read the merchant's own records for the window around the day (if configured);
-4. re-verify new notification-log lines;
-5. reconcile the day (``flows.recon``), run the SQL data checks;
-6. alert finance when the thresholds are passed, a bill is late or integrity fails;
-7. leave a markdown artifact with the day's summary table.
+1. per merchant, in parallel (``settings.concurrency``): apply for the trade bill and load it while
+   it downloads into the archive (:func:`flows.bills.ingest_bill`: one transaction per (merchant,
+   day), committed once the SHA-1 matched); "not ready yet" is retried with backoff until the
+   deadline, then the bill is reported late; other errors are retried only when WeChat Pay says a
+   retry can help;
+2. read the merchant's own records for the window around the day (if configured);
+3. re-verify new notification-log lines;
+4. reconcile the day (``flows.recon``), run the SQL data checks;
+5. alert finance when the thresholds are passed, a bill is late or integrity fails;
+6. leave a markdown artifact with the day's summary table.
 
 A second run while one is in progress waits for it (``flows.warehouse.run_lock``) and then
 replaces what it wrote, so nothing doubles. Every step is a plain function elsewhere; the
@@ -35,14 +36,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerts import Alert, DayReport, compose, day_report, send
-from flows.bills import BillArchive, Fetched, fetch_to_archive, load_archived, record_bill_fetch
+from flows.bills import BillArchive, IngestResult, ingest_bill, record_bill_fetch
 from flows.clock import Clock, beijing_date, wall_clock, yesterday
 from flows.money import fmt_yuan
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
 from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
 from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
-from flows.warehouse import open_warehouse, run_checks, run_lock
+from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
 from wxpay.bills import BillRequest
 from wxpay.errors import BillError, BillNotReadyError, WxPayError
 from wxpay.verifying import public_key_pem
@@ -54,7 +55,7 @@ progress_hook: Callable[[str, int], None] | None = None
 """Set by the command line to draw progress: called with (mchid, bytes received) during downloads and
 with ("step: <name>", number of the step) as the run moves from step to step."""
 
-STEPS = ("fetch bills", "load bills", "read local records", "verify notifications", "reconcile", "data checks", "alert")
+STEPS = ("fetch and load bills", "read local records", "verify notifications", "reconcile", "data checks", "alert")
 
 
 def _step(name: str) -> None:
@@ -133,14 +134,18 @@ def _retryable(task, task_run, state) -> bool:
 
 
 @task(
-    name="fetch bill",
+    name="fetch and load bill",
     retries=3,
     retry_delay_seconds=[10, 60, 300],
     retry_condition_fn=_retryable,
     cache_policy=NO_CACHE,
 )
-def fetch_task(settings: Settings, mchid: str, bill_date: date, gate: threading.Semaphore) -> Fetched | Late:
-    """Apply + download one merchant's trade bill into the archive; wait out "not ready yet"."""
+def bill_task(
+    con: duckdb.DuckDBPyConnection, settings: Settings, mchid: str, bill_date: date, gate: threading.Semaphore
+) -> IngestResult | Late:
+    """Apply for one merchant's trade bill and load it while it downloads into the archive (one transaction
+    for the day, committed once the SHA-1 matched); wait out "not ready yet". A bill that fails to load is
+    recorded as ``failed`` in ``raw.bill_fetches`` and raised."""
     logger = get_run_logger()
     merchant = settings.merchant(mchid)
     archive = BillArchive(settings.archive_root)
@@ -148,15 +153,17 @@ def fetch_task(settings: Settings, mchid: str, bill_date: date, gate: threading.
     wait = settings.bill_retry_seconds
     hook = progress_hook
     on_progress = (lambda received: hook(mchid, received)) if hook else None
-    with gate, merchant.client(settings.api_base_url) as client:
+    with gate, merchant.client(settings.api_base_url) as client, con.cursor() as cursor:
         while True:
             try:
-                fetched = fetch_to_archive(
+                result = ingest_bill(
+                    cursor,
                     client,
                     archive,
                     BillRequest.trade(bill_date),
                     url_lifetime=settings.bill_url_lifetime,
                     on_progress=on_progress,
+                    memory_limit=None,  # the flow holds the load limit for the whole step
                 )
             except BillNotReadyError:
                 waited = time.monotonic() - started
@@ -168,22 +175,11 @@ def fetch_task(settings: Settings, mchid: str, bill_date: date, gate: threading.
                 time.sleep(min(wait, remaining))
                 wait = min(wait * 2, 1800.0)
                 continue
-            logger.info("bill of %s for %s: %s", mchid, bill_date, fetched.outcome)
-            return fetched
-
-
-@task(name="load bills", cache_policy=NO_CACHE)
-def load_task(con: duckdb.DuckDBPyConnection, settings: Settings, fetched: list[Fetched]) -> list[str]:
-    """Load the fetched bills one by one; return the integrity problems (a bad file loads nothing)."""
-    problems = []
-    archive = BillArchive(settings.archive_root)
-    for item in fetched:
-        try:
-            load_archived(con, archive, item)
-        except BillError as exc:
-            record_bill_fetch(con, item.mchid, item.bill_type, item.bill_date, "failed", detail=str(exc)[:500])
-            problems.append(f"bill of {item.mchid} for {item.bill_date} not loaded: {type(exc).__name__}: {exc}")
-    return problems
+            except BillError as exc:
+                record_bill_fetch(cursor, mchid, "trade_all", bill_date, "failed", detail=str(exc)[:500])
+                raise
+            logger.info("bill of %s for %s: %s", mchid, bill_date, result.outcome)
+            return result
 
 
 @task(name="read local records", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
@@ -283,31 +279,31 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
-        _step("fetch bills")
-        gate = threading.BoundedSemaphore(settings.concurrency)
-        futures = fetch_task.map(unmapped(settings), settings.mchids, unmapped(bill_date), unmapped(gate))
-        fetched: list[Fetched] = []
-        for mchid, future in zip(settings.mchids, futures, strict=True):
-            state = future.wait() or future.state
-            if state.is_completed():
-                result = future.result()
-                if isinstance(result, Late):
-                    outcome.late.append(
-                        f"bill of {mchid} for {bill_date} not ready after {result.waited_seconds:.0f} s"
-                    )
-                else:
-                    fetched.append(result)
-                    (outcome.loaded if result.archived else outcome.empty).append(mchid)
-            else:
-                error = future.result(raise_on_failure=False)
-                integrity = isinstance(error, BillError)
-                text = f"bill of {mchid} for {bill_date} could not be fetched: {type(error).__name__}: {error}"
-                (outcome.integrity if integrity else outcome.late).append(text)
-                logger.error(text)
         con = open_warehouse(settings.warehouse_path, memory_limit=settings.memory_limit)
         try:
-            _step("load bills")
-            outcome.integrity += load_task(con, settings, fetched)
+            _step("fetch and load bills")
+            gate = threading.BoundedSemaphore(settings.concurrency)
+            with lowered_memory_limit(con, LOAD_MEMORY_LIMIT):
+                futures = bill_task.map(
+                    unmapped(con), unmapped(settings), settings.mchids, unmapped(bill_date), unmapped(gate)
+                )
+                for mchid, future in zip(settings.mchids, futures, strict=True):
+                    state = future.wait() or future.state
+                    if state.is_completed():
+                        result = future.result()
+                        if isinstance(result, Late):
+                            outcome.late.append(
+                                f"bill of {mchid} for {bill_date} not ready after {result.waited_seconds:.0f} s"
+                            )
+                        else:
+                            (outcome.loaded if result.outcome == "loaded" else outcome.empty).append(mchid)
+                    else:
+                        error = future.result(raise_on_failure=False)
+                        integrity = isinstance(error, BillError)
+                        verb = "loaded" if integrity else "fetched"
+                        text = f"bill of {mchid} for {bill_date} could not be {verb}: {type(error).__name__}: {error}"
+                        (outcome.integrity if integrity else outcome.late).append(text)
+                        logger.error(text)
             _step("read local records")
             if settings.local_orders:
                 local_task(con, settings, bill_date)

@@ -26,6 +26,7 @@ import duckdb
 from flows.bills.archive import ArchivedBill, BillArchive
 from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import load_bill, load_bill_stream
+from flows.warehouse import LOAD_MEMORY_LIMIT
 from wxpay.bills import (
     DEFAULT_URL_LIFETIME,
     BillApplication,
@@ -134,8 +135,17 @@ def fetch_to_archive(
     )
 
 
-def load_archived(con: duckdb.DuckDBPyConnection, archive: BillArchive, fetched: Fetched) -> IngestResult:
-    """Load a fetched bill (one transaction for its day) and record the outcome in ``raw.bill_fetches``."""
+def load_archived(
+    con: duckdb.DuckDBPyConnection,
+    archive: BillArchive,
+    fetched: Fetched,
+    *,
+    memory_limit: str | None = LOAD_MEMORY_LIMIT,
+) -> IngestResult:
+    """Load a fetched bill (one transaction for its day) and record the outcome in ``raw.bill_fetches``.
+
+    ``memory_limit``: DuckDB's limit while it loads (:data:`flows.warehouse.LOAD_MEMORY_LIMIT`; ``None``
+    leaves the connection's alone, for a caller that holds a limit around several loads)."""
     if fetched.archived is None:
         record_bill_fetch(
             con,
@@ -156,6 +166,7 @@ def load_archived(con: duckdb.DuckDBPyConnection, archive: BillArchive, fetched:
         archive_sha1=bill.sha1,
         source_label=str(bill.path.relative_to(archive.root)),
         proof=fetched.proof,
+        memory_limit=memory_limit,
     )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
     record_bill_fetch(con, fetched.mchid, fetched.bill_type, fetched.bill_date, "loaded", archive_sha1=bill.sha1)
@@ -181,6 +192,7 @@ def ingest_bill(
     max_attempts: int = 3,
     on_progress: Callable[[int], None] | None = None,
     staging_dir: str | Path | None = None,
+    memory_limit: str | None = LOAD_MEMORY_LIMIT,
 ) -> IngestResult:
     """Fetch ``request``'s bill into the archive and load it while it downloads; see the module docstring.
 
@@ -190,15 +202,16 @@ def ingest_bill(
     expired, transfer broken, gzip cut short) the load is rolled back and the remaining
     ``max_attempts - 1`` go the plain way: :func:`fetch_to_archive`, then :func:`load_archived`.
     A file already archived under the announced digest is loaded (and verified) from there.
+    ``memory_limit`` as for :func:`load_archived`.
     """
     mchid, label, day = client.mchid, request.label, request.bill_date
     try:
         application = client.send(request.operation())
     except NoStatementError:
-        return load_archived(con, archive, Fetched(mchid, label, day, None))
+        return load_archived(con, archive, Fetched(mchid, label, day, None), memory_limit=memory_limit)
     bill = archive.target(mchid, label, day, application.hash_value, gzip=request.gzip)
     if bill.path.exists():
-        return load_archived(con, archive, Fetched(mchid, label, day, bill, False, 1))
+        return load_archived(con, archive, Fetched(mchid, label, day, bill, False, 1), memory_limit=memory_limit)
     downloaded: list[DownloadedBill] = []
 
     def produce(feed: Callable[[bytes], None]) -> str:
@@ -217,6 +230,7 @@ def ingest_bill(
             archive_sha1=bill.sha1,
             source_label=str(bill.path.relative_to(archive.root)),
             staging_dir=staging_dir,
+            memory_limit=memory_limit,
         )
     except (BillDownloadError, BillTruncatedError, TransportError):
         if downloaded or max_attempts <= 1:
@@ -224,7 +238,7 @@ def ingest_bill(
         fetched = fetch_to_archive(
             client, archive, request, url_lifetime=url_lifetime, max_attempts=max_attempts - 1, on_progress=on_progress
         )
-        return load_archived(con, archive, replace(fetched, attempts=fetched.attempts + 1))
+        return load_archived(con, archive, replace(fetched, attempts=fetched.attempts + 1), memory_limit=memory_limit)
     finally:
         if downloaded:
             archive.record(
