@@ -32,6 +32,17 @@ pytest_plugins = [
     "tests.dbservers",  # real PostgreSQL and MariaDB servers, started per session
 ]
 
+SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness"}
+"""A test that starts a database server or Prefect's harness is slow; so are whole modules that say so
+(``pytestmark = pytest.mark.slow``: notebooks, the demo, the command line). ``-m "not slow"`` is the quick loop."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 INITIATOR = "1900000100"
 PARTICIPANTS = ("1900000101", "1900000102")
 APPID = "wxd678efh567hg6787"

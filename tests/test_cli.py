@@ -9,6 +9,8 @@ from typer.testing import CliRunner
 
 from flows.cli import EXIT_EXCEPTIONS, EXIT_SETTINGS, app
 
+pytestmark = pytest.mark.slow  # notebook kernels, the demo, subprocesses
+
 runner = CliRunner()
 
 

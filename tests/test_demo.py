@@ -6,6 +6,8 @@ import pytest
 
 from flows.demo import INJECTED, prepare, run_demo
 
+pytestmark = pytest.mark.slow  # notebook kernels, the demo, subprocesses
+
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 

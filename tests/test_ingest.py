@@ -173,6 +173,7 @@ def publish_generated(sim, tmp_path, **kw):
     return fp
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_a_large_bill_is_loaded_while_it_downloads(served, warehouse, tmp_path):
     sim, url = served
     fp = publish_generated(sim, tmp_path)
@@ -201,6 +202,7 @@ def test_a_large_bill_is_loaded_while_it_downloads(served, warehouse, tmp_path):
     assert stored.metadata()["loaded_rows"] == fp.row_count
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_a_bad_value_in_a_streamed_bill_is_named_the_bill_archived_and_nothing_loaded(served, warehouse, tmp_path):
     sim, url = served
     fp = publish_generated(sim, tmp_path, bad_amount_row=140_000)

@@ -36,6 +36,8 @@ from tests.conftest import INITIATOR
 from tests.recon_scenario import P0, P1, D, at
 from wxpay.bills import BillRequest
 
+pytestmark = pytest.mark.slow  # notebook kernels, the demo, subprocesses
+
 NOTEBOOKS = finance.PROJECT_ROOT / "notebooks"
 CHARTS = finance.PROJECT_ROOT / "build" / "notebook-charts"
 WINDOW = (at(D - timedelta(days=4), 0), at(D + timedelta(days=3), 0))

@@ -521,6 +521,7 @@ def big_bill(tmp_path_factory):
     return folder / "big.csv.gz", fingerprint
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_generated_bill_loads_with_its_fingerprint_and_line_numbers(con, big_bill, sql_dir):
     path, fp = big_bill
     result = load(con, path, fp.sha1)
@@ -557,6 +558,7 @@ def test_generated_bill_loads_with_its_fingerprint_and_line_numbers(con, big_bil
     assert (payments, refunds) == (fp.row_count - fp.refund_rows, fp.refund_rows)
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_a_bad_amount_deep_in_a_large_gzip_names_its_exact_line(tmp_path, con):
     fp = generate_trade_bill(tmp_path / "bad.csv.gz", rows=150_000, seed=3, chunk_rows=50_000, bad_amount_row=140_000)
     with pytest.raises(BillFormatError) as info:
@@ -694,6 +696,7 @@ def test_parts_of_any_size_fed_in_any_pieces_load_the_same(tmp_path, con, part_l
     assert con.execute("select line_no, row_count from raw.trade_bill_summaries").fetchall() == [(5, 3)]
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_a_large_bill_in_many_small_parts_keeps_every_line_number(tmp_path, con, big_bill):
     path, fp = big_bill
     data = gzip.decompress(path.read_bytes())
@@ -739,6 +742,7 @@ def test_a_proof_spares_the_second_hash_but_not_the_gzip_check(tmp_path, con, mo
     assert totals(con)[0] == 3  # the first load stands
 
 
+@pytest.mark.slow  # a bill of 100k+ rows
 def test_a_failing_producer_loads_nothing_and_leaves_no_parts(tmp_path, con):
     load(con, *write(tmp_path, "v1.csv", spec_example_bytes()))
     before = day_rows(con)
