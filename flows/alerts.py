@@ -1,13 +1,19 @@
-"""Alerts to finance when money does not match, through apprise URLs.
+"""Alerts to finance when money does not match, and to whoever watches the run when it could not do its job.
 
 An alert names the merchant(s) and day, the count and yuan sums per exception class, the
 largest items (out_trade_no, both amounts) and where to look next. It is sent when the day's
-open exceptions exceed the materiality thresholds (count or amount), on integrity failures
-(hash or summary mismatch, failed data checks) and when a bill is late; a clean day sends
-nothing unless a daily digest is configured. Alerts are built from the marts only, which hold
-no openid, and they never contain a secret. apprise (it ships with Prefect) understands WeCom
-(``wxwork://``), DingTalk (``dingtalk://``), Feishu (``feishu://``), Slack, e-mail and plain JSON
-webhooks (``json://host/path``).
+open exceptions exceed the materiality thresholds (count or amount) and whenever the run had a
+problem (a late bill, credentials WeChat Pay refused, an integrity failure, WeChat Pay unavailable,
+a storage fault: :mod:`flows.outcome`); its title then leads with that problem, because the day's
+figures are incomplete. A clean day sends nothing unless a daily digest is configured.
+
+Severity is apprise's notify type: ``failure`` when the run failed at something (integrity,
+configuration, WeChat Pay unavailable, storage), ``warning`` for money that does not match or a
+late bill, ``info`` for the digest. Alerts are built from the marts only, which hold no openid, and
+they never contain a secret. apprise (it ships with Prefect) understands WeCom group robots
+(``wecombot://<key>``), DingTalk (``dingtalk://<token>/``), Feishu (``feishu://<token>``), e-mail
+(``mailtos://...``), Slack and plain JSON webhooks (``json://host/path``); settings refuse a URL it
+cannot parse at start (:class:`flows.settings.AlertConfig`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from datetime import date
 import duckdb
 
 from flows.money import fmt_yuan
+from flows.outcome import ADVICE, SEVERITY, Kind, Problem
 from flows.settings import AlertConfig
 
 logger = logging.getLogger(__name__)
@@ -97,49 +104,52 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
     return report
 
 
+FAILURE, WARNING, INFO = "failure", "warning", "info"
+"""Alert severities: apprise's notify types."""
+
+
 @dataclass(frozen=True)
 class Alert:
     title: str
     body: str
     reasons: tuple[str, ...]
+    severity: str = WARNING
 
 
-def compose(
-    report: DayReport,
-    config: AlertConfig,
-    *,
-    integrity: Sequence[str] = (),
-    late: Sequence[str] = (),
-) -> Alert | None:
+class AlertNotDelivered(RuntimeError):
+    """A configured alert route refused the alert or could not be reached (the URL is never shown)."""
+
+
+def compose(report: DayReport, config: AlertConfig, *, problems: Sequence[Problem] = ()) -> Alert | None:
     """The alert for a day, or ``None`` when nothing is worth sending."""
     reasons = []
     if report.exceptions > config.max_count:
         reasons.append(f"{report.exceptions} exceptions (threshold {config.max_count})")
     if report.exposure_fen > config.max_amount_fen:
         reasons.append(f"{fmt_yuan(report.exposure_fen)} at stake (threshold {fmt_yuan(config.max_amount_fen)})")
-    if integrity:
-        reasons.append("integrity failure")
-    if late:
-        reasons.append("bill late")
+    kinds = [k for k in SEVERITY if any(p.kind is k for p in problems)]
+    reasons += [f"{k.value} ({len([p for p in problems if p.kind is k])})" for k in kinds]
     if not reasons and not config.daily_digest:
         return None
-    merchants = ", ".join(report.merchants)
-    if reasons:
-        title = (
-            f"WeChat Pay reconciliation {report.as_of}: {report.exceptions} exceptions, {fmt_yuan(report.exposure_fen)}"
-        )
+    figures = f"{report.exceptions} exceptions, {fmt_yuan(report.exposure_fen)}"
+    if kinds:
+        headline = "; ".join(_headline(k, [p for p in problems if p.kind is k]) for k in kinds)
+        title = f"{headline} — WeChat Pay reconciliation {report.as_of} is incomplete: {figures} so far"
+    elif reasons:
+        title = f"WeChat Pay reconciliation {report.as_of}: {figures}"
     else:
         title = f"WeChat Pay reconciliation {report.as_of}: all matched"
+    severity = FAILURE if any(k not in (Kind.LATE, Kind.ALERT) for k in kinds) else WARNING if reasons else INFO
     lines = [
-        f"Day {report.as_of} (Beijing), merchants {merchants}.",
+        f"Day {report.as_of} (Beijing), merchants {', '.join(report.merchants)}.",
         f"Matched items: {report.matched}; pending (waiting for the next bill): {report.pending}.",
     ]
     if reasons:
         lines.append("Why this alert: " + "; ".join(reasons) + ".")
-    for problem in integrity:
-        lines.append(f"INTEGRITY: {problem}")
-    for problem in late:
-        lines.append(f"LATE: {problem}")
+    for kind in kinds:
+        lines.append("")
+        lines.append(f"{kind.value.upper()}: {ADVICE[kind]}.")
+        lines += [f"- {p.text}" for p in problems if p.kind is kind]
     if report.classes:
         lines.append("")
         lines.append("Exceptions by merchant and class:")
@@ -162,24 +172,47 @@ def compose(
             lines.append(f"- {item.mchid} {item.key} {item.cls}: {', '.join(amounts) or 'no amount'}{diff}")
     lines.append("")
     lines.append(f"Details: {config.notebook_hint}")
-    return Alert(title, "\n".join(lines), tuple(reasons))
+    return Alert(title, "\n".join(lines), tuple(reasons), severity)
 
 
-def send(alert: Alert, config: AlertConfig) -> bool:
-    """Deliver through every configured URL; ``True`` when all accepted it. URLs are never logged."""
+def _headline(kind: Kind, problems: Sequence[Problem]) -> str:
+    merchants = sorted({p.mchid for p in problems if p.mchid})
+    what = {
+        Kind.LATE: "bill not ready",
+        Kind.CONFIGURATION: "credentials or settings refused",
+        Kind.INTEGRITY: "integrity check failed",
+        Kind.UNAVAILABLE: "WeChat Pay unavailable",
+        Kind.STORAGE: "storage failed",
+        Kind.ALERT: "alert not delivered",
+        Kind.FAILED: "the run failed",
+    }[kind]
+    return f"{kind.value.upper()}: {what}" + (f" ({', '.join(merchants)})" if merchants else "")
+
+
+def route_name(url: str) -> str:
+    """How logs and errors name an alert route: its scheme only (the rest often carries a token)."""
+    return url.split("://", 1)[0] if "://" in url else "?"
+
+
+def send(alert: Alert, config: AlertConfig) -> list[str]:
+    """Deliver through every configured URL, with the alert's severity; returns the routes it went to
+    (``#1 wecombot``...). Raises :class:`AlertNotDelivered` naming the routes that failed (never their URL);
+    without any URL configured, nothing is sent and ``[]`` is returned."""
     if not config.urls:
         logger.warning("alert not sent: no alert URLs configured (%s)", alert.title)
-        return False
+        return []
     import apprise  # ships with Prefect; imported here because it is slow to import
 
-    ok = True
-    for index, url in enumerate(config.urls):
+    delivered, failed = [], []
+    for index, url in enumerate(config.urls, start=1):
+        name = f"#{index} {route_name(url.get_secret_value())}"
         channel = apprise.Apprise()
         if not channel.add(url.get_secret_value()):
-            logger.error("alert URL #%d is not a URL apprise understands", index + 1)
-            ok = False
-            continue
-        if not channel.notify(title=alert.title, body=alert.body):
-            logger.error("alert URL #%d did not accept the alert", index + 1)
-            ok = False
-    return ok
+            failed.append(f"{name} (not a URL apprise understands)")
+        elif channel.notify(title=alert.title, body=alert.body, notify_type=apprise.NotifyType(alert.severity)):
+            delivered.append(name)
+        else:
+            failed.append(f"{name} (did not accept it)")
+    if failed:
+        raise AlertNotDelivered(f"alert route {', '.join(failed)}; delivered to {', '.join(delivered) or 'no route'}")
+    return delivered

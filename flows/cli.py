@@ -1,46 +1,66 @@
 """``wxrecon``: the command line of the reconciliation pipeline.
 
-Exit codes (so a scheduler or a shell script can tell what a run found):
-
-====  ==========================================================
-0     ran; nothing needs attention (the demo: found exactly what it injected)
-1     ran; exceptions were found (the day's report lists them)
-2     the command line itself was wrong (unknown option, bad date)
-3     a bill is late, or integrity failed (hash / summary / data check)
-4     the settings are missing or malformed (the message names the setting)
-5     the warehouse is busy (another run, or a reader holding it) beyond the wait
-====  ==========================================================
+Exit codes (so a scheduler or a shell script can tell what a run found) are :class:`flows.outcome.ExitCode`,
+listed by ``wxrecon --help``. Every command that opens the warehouse says "busy" the same way when another
+run or a reader holds it: one line, exit 5. Runs log to the Prefect server when one is configured
+(``PREFECT_API_URL``); the console shows only warnings and the command's own output.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import date
+from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from flows.money import fmt_yuan
+from flows.outcome import ExitCode
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="WeChat Pay combine-order reconciliation")
+EXIT_CODES = """Exit codes:
+
+\b
+  0  ran; nothing needs attention
+  1  ran; the day has exceptions for finance
+  2  the command line was wrong (bad option or date, a day not over yet)
+  3  late: a bill was not ready by its deadline (a later run picks it up)
+  4  configuration: settings missing or malformed, or credentials refused by WeChat Pay
+  5  busy: another run or a reader holds the warehouse
+  6  integrity: a bill or a data check failed its checks (nothing of it was loaded)
+  7  unavailable: WeChat Pay kept failing after the retries
+  8  storage: disk full, permission denied or a damaged warehouse file
+  9  alert: the alert could not be delivered
+  10 failed: the run itself failed (see the log)"""
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="WeChat Pay combine-order reconciliation.",
+    epilog=EXIT_CODES,
+    rich_markup_mode=None,
+)
 console = Console()
 
-EXIT_OK, EXIT_EXCEPTIONS, EXIT_ATTENTION, EXIT_SETTINGS, EXIT_BUSY = 0, 1, 3, 4, 5
+EXIT_OK, EXIT_EXCEPTIONS, EXIT_USAGE = ExitCode.OK, ExitCode.EXCEPTIONS, ExitCode.USAGE
+EXIT_SETTINGS, EXIT_BUSY = ExitCode.CONFIGURATION, ExitCode.BUSY
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML (else WXRECON_CONFIG / env)")]
 
 
 def _quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, unless the user chose otherwise (shared/notes/runtime.md §2)."""
+    """Offline-friendly Prefect defaults, unless the user chose otherwise (shared/notes/runtime.md §2): the
+    console shows warnings only, while the run's INFO logs still go to the Prefect server."""
     for name, value in (
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
         ("DO_NOT_TRACK", "1"),
         ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
-        ("PREFECT_LOGGING_LEVEL", "WARNING"),
+        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING"),
     ):
         os.environ.setdefault(name, value)
 
@@ -51,18 +71,44 @@ def _settings(config: Path | None):
     try:
         return load_settings(config)
     except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(EXIT_SETTINGS) from None
 
 
-def _exit_code(outcome) -> int:
-    if outcome.late or outcome.integrity:
-        return EXIT_ATTENTION
-    return EXIT_EXCEPTIONS if outcome.exceptions else EXIT_OK
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One behaviour for every command: a busy warehouse is one line and exit 5, a day not over yet is a
+    usage error; anything else that escapes is the run failing (its kind decides the code)."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from flows.nightly import BillDateError
+        from flows.outcome import classify
+        from flows.warehouse import RunInProgress, WarehouseBusy
+
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.BadParameter, KeyboardInterrupt):
+            raise
+        except (RunInProgress, WarehouseBusy) as exc:
+            console.print(f"[red]busy:[/red] {_one_line(exc)}", highlight=False)
+            raise typer.Exit(EXIT_BUSY) from None
+        except BillDateError as exc:
+            console.print(f"[red]{_one_line(exc)}[/red]", highlight=False)
+            raise typer.Exit(EXIT_USAGE) from None
+        except Exception as exc:
+            kind = classify(exc)
+            console.print(f"[red]{kind.value}:[/red] {type(exc).__name__}: {_one_line(exc)}", highlight=False)
+            raise typer.Exit(ExitCode[kind.name]) from None
+
+    return run
 
 
 def _print_exceptions(rows: list[dict], title: str) -> None:
-    """One line per exception with its amounts, then its explanation, readable in 80 columns."""
+    """One line per exception with its amounts, then its explanation, readable in 80 columns (ids whole)."""
     console.print(f"[bold]{title}[/bold]")
     for row in rows:
         key = row.get("notification_id") if row["item_kind"] == "notification_line" else row["item_key"]
@@ -77,54 +123,64 @@ def _print_exceptions(rows: list[dict], title: str) -> None:
             if row[name] is not None
         )
         colour = "yellow" if row["state"] == "pending" else "red"
-        console.print(f"  [{colour}]{row['class']}[/{colour}]  {row['mchid']}  {key or '?'}  {amounts}")
+        console.print(f"  [{colour}]{row['class']}[/{colour}] {row['mchid']} {key or '?'}", highlight=False)
+        if amounts:
+            console.print(f"      {amounts}", highlight=False)
         if row.get("detail"):
-            console.print(f"      {row['detail']}", style="dim", overflow="fold")
+            console.print(f"      {row['detail']}", style="dim", overflow="fold", highlight=False)
 
 
 def _print_outcome(outcome) -> None:
+    from flows.outcome import ADVICE, Kind
+
     console.print(
-        f"[bold]{outcome.bill_date}[/bold]: {outcome.exceptions} exceptions, {outcome.pending} pending, "
-        f"{fmt_yuan(outcome.exposure_fen)} at stake; loaded {', '.join(outcome.loaded) or 'no bill'}"
-        + (f"; no trades: {', '.join(outcome.empty)}" if outcome.empty else "")
+        f"[bold]{outcome.bill_date}[/bold]: {outcome.exceptions} exceptions, {outcome.pending} pending,"
+        f" {fmt_yuan(outcome.exposure_fen)} at stake",
+        highlight=False,
     )
+    console.print(f"  loaded: {', '.join(outcome.loaded) or 'none'}", highlight=False)
+    if outcome.kept:
+        console.print(f"  kept (loaded by an earlier run): {', '.join(outcome.kept)}", highlight=False)
+    if outcome.empty:
+        console.print(f"  no trades: {', '.join(outcome.empty)}", highlight=False)
     if outcome.opened or outcome.closed:
         console.print(f"since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed")
         for item in outcome.opened[:10]:
-            console.print(f"  opened {item}")
+            console.print(f"  opened {item}", highlight=False)
         for item in outcome.closed[:10]:
-            console.print(f"  closed {item}")
-    for problem in outcome.late:
-        console.print(f"[yellow]LATE[/yellow] {problem}")
-    for problem in outcome.integrity:
-        console.print(f"[red]INTEGRITY[/red] {problem}")
+            console.print(f"  closed {item}", highlight=False)
+    for kind in Kind:
+        problems = outcome.of(kind)
+        if problems:
+            console.print(f"[red]{kind.value.upper()}[/red]: {ADVICE[kind]}", highlight=False)
+            for problem in problems:
+                console.print(f"  {problem}", overflow="fold", highlight=False)
     if outcome.alert is not None:
         state = "sent" if outcome.alert_sent else "NOT sent"
-        console.print(f"alert {state}: {outcome.alert.title}")
+        console.print(f"alert {state}: {outcome.alert.title}", overflow="fold", highlight=False)
 
 
-def _run_with_progress(run):
-    """Run a flow call while drawing one progress bar per bill download."""
+def _run_with_progress(run: Callable[[], Any]) -> Any:
+    """Run a flow call while drawing its progress: the step, merchants done / total, day k of n."""
     import flows.nightly as nightly
 
     with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console,
-        transient=True,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
     ) as progress:
-        bars: dict[str, int] = {}
-        steps = progress.add_task("nightly run", total=len(nightly.STEPS))
+        bars: dict[str, Any] = {}
 
-        def hook(what: str, value: int) -> None:
-            if what.startswith("step: "):
-                progress.update(steps, completed=value - 1, description=what.removeprefix("step: "))
-                return
-            if what not in bars:
-                bars[what] = progress.add_task(f"bill {what}", total=None)
-            progress.update(bars[what], completed=value)
+        def bar(name: str, total: int) -> Any:
+            if name not in bars:
+                bars[name] = progress.add_task(name, total=total)
+            return bars[name]
+
+        def hook(event: str, done: int, total: int) -> None:
+            if event.startswith("step: "):
+                progress.update(bar("step", total), completed=done - 1, description=event.removeprefix("step: "))
+            elif event == "merchants":
+                progress.update(bar("merchants", total), completed=done, description="merchants' bills")
+            elif event == "day":
+                progress.update(bar("day", total), completed=done - 1, description="days")
 
         nightly.progress_hook = hook
         try:
@@ -133,7 +189,15 @@ def _run_with_progress(run):
             nightly.progress_hook = None
 
 
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
 @app.command()
+@_handled
 def demo(
     data_dir: Annotated[Path, typer.Option(help="where the demo leaves its warehouse, archive and logs")] = Path("var"),
 ) -> None:
@@ -145,40 +209,39 @@ def demo(
     _print_outcome(result.outcome)
     _print_exceptions(result.exceptions, f"Exceptions of {result.bill_date}")
     for alert in result.alerts:
-        console.print(f"[bold]alert received by the local webhook[/bold]: {alert.get('title')}")
-        console.print(alert.get("message", ""))
+        console.print(f"[bold]alert received by the local webhook[/bold]: {alert.get('title')}", highlight=False)
+        console.print(alert.get("message", ""), highlight=False)
     verdict = "found exactly the injected discrepancies" if result.as_injected else "did NOT find what it injected"
     console.print(f"demo {verdict}. Warehouse: {result.data_dir / 'warehouse.duckdb'}; notebooks: ./scripts/notebooks")
     raise typer.Exit(EXIT_OK if result.as_injected else EXIT_EXCEPTIONS)
 
 
 @app.command()
+@_handled
 def run(
     day: Annotated[str | None, typer.Option("--date", help="bill day YYYY-MM-DD (default: yesterday, Beijing)")] = None,
     config: ConfigOption = None,
+    refetch: Annotated[bool, typer.Option(help="fetch bills again that an earlier run of the day loaded")] = False,
 ) -> None:
     """Reconcile one day now (the nightly flow, run once)."""
     _quiet_prefect()
     settings = _settings(config)
-    from flows.nightly import reconcile_day, using
-    from flows.warehouse import RunInProgress, WarehouseBusy
+    from flows.nightly import run_day, using
 
     bill_date = _date(day) if day else None
-    try:
-        with using(settings):
-            outcome = _run_with_progress(lambda: reconcile_day(bill_date))
-    except (RunInProgress, WarehouseBusy) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_BUSY) from None
+    with using(settings):
+        outcome = _run_with_progress(lambda: run_day(bill_date, refetch=refetch))
     _print_outcome(outcome)
-    raise typer.Exit(_exit_code(outcome))
+    raise typer.Exit(outcome.exit_code())
 
 
 @app.command()
+@_handled
 def backfill(
     start: Annotated[str, typer.Option(help="first day YYYY-MM-DD")],
     end: Annotated[str, typer.Option(help="last day YYYY-MM-DD (inclusive)")],
     config: ConfigOption = None,
+    refetch: Annotated[bool, typer.Option(help="fetch bills again that an earlier run loaded")] = False,
 ) -> None:
     """Reconcile a range of days in date order (re-running a day replaces it)."""
     _quiet_prefect()
@@ -187,72 +250,72 @@ def backfill(
     from flows.nightly import using
 
     with using(settings):
-        outcomes = _run_with_progress(lambda: backfill_flow(_date(start), _date(end)))
+        outcomes = _run_with_progress(lambda: backfill_flow(_date(start), _date(end), refetch=refetch))
     for outcome in outcomes:
         _print_outcome(outcome)
-    raise typer.Exit(max((_exit_code(o) for o in outcomes), default=EXIT_OK))
+    codes = [outcome.exit_code() for outcome in outcomes]
+    order = [ExitCode.FAILED, ExitCode.STORAGE, ExitCode.CONFIGURATION, ExitCode.INTEGRITY, ExitCode.UNAVAILABLE]
+    order += [ExitCode.LATE, ExitCode.ALERT, ExitCode.EXCEPTIONS]
+    raise typer.Exit(next((code for code in order if code in codes), EXIT_OK))
 
 
 @app.command()
+@_handled
 def report(
-    day: Annotated[str, typer.Option("--date", help="bill day YYYY-MM-DD")],
+    day: Annotated[str | None, typer.Option("--date", help="bill day YYYY-MM-DD (default: yesterday, Beijing)")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Print a reconciled day's summary table and its exceptions (read-only)."""
+    """Print a reconciled day's summary, control totals and exceptions (read-only)."""
     settings = _settings(config)
+    from flows.clock import yesterday
     from flows.report import control_totals, exceptions_of_day, summary_of_day
 
-    bill_date = _date(day)
+    bill_date = _date(day) if day else yesterday()
     summary = summary_of_day(settings.warehouse_path, bill_date)
     if not summary:
-        console.print(f"{bill_date} has not been reconciled (no items in {settings.warehouse_path})")
-        raise typer.Exit(EXIT_ATTENTION)
+        console.print(
+            f"{bill_date} has not been reconciled (no items in {settings.warehouse_path}):"
+            f" wxrecon run --date {bill_date}",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
     table = Table(title=f"Reconciliation {bill_date}")
-    for column in ("merchant", "kind", "class", "items", "bill", "local", "at stake"):
-        table.add_column(column, justify="right" if column in ("items", "bill", "local", "at stake") else "left")
+    for column in ("merchant", "class", "items", "bill", "local", "at stake"):
+        right = column in ("items", "bill", "local", "at stake")
+        table.add_column(column, justify="right" if right else "left", overflow="fold", no_wrap=column == "merchant")
     for row in summary:
         style = "" if row["class"] == "matched" else ("yellow" if row["state"] == "pending" else "red")
+        cls = row["class"] if row["item_kind"] == "payment" else f"{row['class']} ({row['item_kind']})"
         table.add_row(
             row["mchid"],
-            row["item_kind"],
-            f"[{style}]{row['class']}[/{style}]" if style else row["class"],
+            f"[{style}]{cls}[/{style}]" if style else cls,
             str(row["items"]),
             fmt_yuan(row["bill_fen"]),
             fmt_yuan(row["local_fen"]),
             fmt_yuan(row["exposure_fen"]),
         )
     console.print(table)
-    totals = Table(title="Control totals (fen → yuan)")
-    for column in (
-        "merchant",
-        "summary rows",
-        "detail rows",
-        "summary",
-        "detail",
-        "local paid",
-        "summary-detail",
-        "bill-local",
-    ):
-        totals.add_column(column, justify="left" if column == "merchant" else "right")
+    totals = Table(title="Control totals (the bill's summary line vs its rows vs your records)")
+    for column in ("merchant", "rows", "summary", "detail", "local paid", "bill-local"):
+        totals.add_column(column, justify="left" if column == "merchant" else "right", no_wrap=column == "merchant")
     for row in control_totals(settings.warehouse_path, bill_date):
         totals.add_row(
             row["mchid"],
-            str(row["summary_rows"]),
-            str(row["detail_rows"]),
+            f"{row['summary_rows']}/{row['detail_rows']}",
             fmt_yuan(row["summary_order_fen"], empty="-"),
             fmt_yuan(row["detail_order_fen"], empty="-"),
             fmt_yuan(row["local_paid_fen"], empty="-"),
-            fmt_yuan(row["summary_minus_detail_fen"], empty="-"),
             fmt_yuan(row["bill_minus_local_fen"], empty="-"),
         )
     console.print(totals)
     exceptions = [r for r in exceptions_of_day(settings.warehouse_path, bill_date) if r["state"] != "pending"]
     if exceptions:
-        _print_exceptions(exceptions, "Exceptions")
+        _print_exceptions(exceptions, "Exceptions (most at stake first)")
     raise typer.Exit(EXIT_EXCEPTIONS if exceptions else EXIT_OK)
 
 
 @app.command()
+@_handled
 def receiver(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="default: settings.receiver_host")] = None,
@@ -260,9 +323,7 @@ def receiver(
 ) -> None:
     """Serve the notify_url receiver (verify, decrypt, log durably, answer WeChat Pay)."""
     settings = _settings(config)
-    import uvicorn
-
-    from flows.notifications import NotificationLog, ReceiverMerchant, create_app
+    from flows.notifications import NotificationLog, ReceiverMerchant, ReceiverServer, create_app
 
     merchants = {}
     for merchant in settings.merchants:
@@ -277,13 +338,14 @@ def receiver(
         console.print("[red]no merchant has receives_notifications = true[/red]")
         raise typer.Exit(EXIT_SETTINGS)
     receiver_app = create_app(merchants, NotificationLog(settings.notification_root))
+    server = ReceiverServer(
+        receiver_app, host or settings.receiver_host, port or settings.receiver_port, log_level="info"
+    )
     console.print(
-        f"notify_url: http://{host or settings.receiver_host}:{port or settings.receiver_port}"
-        f"/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it)"
+        f"notify_url: {server.url}/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it)",
+        highlight=False,
     )
-    uvicorn.run(
-        receiver_app, host=host or settings.receiver_host, port=port or settings.receiver_port, log_level="info"
-    )
+    server.run()
 
 
 @app.command()
@@ -312,21 +374,18 @@ def sim(
 
 
 @app.command()
+@_handled
 def deploy(config: ConfigOption = None) -> None:
     """Serve the nightly deployment: reconcile yesterday at 22:30 Asia/Shanghai (settings.schedule_*)."""
     _quiet_prefect()
     settings = _settings(config)
-    from flows.deploy import serve_nightly
+    from flows.deploy import SERVED, serve_nightly
 
-    console.print(f"serving the nightly deployment: cron '{settings.schedule_cron}' in {settings.schedule_timezone}")
+    console.print(
+        f"serving deployment reconcile-day/{SERVED}: cron '{settings.schedule_cron}' in {settings.schedule_timezone}",
+        highlight=False,
+    )
     serve_nightly(settings, config)
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def main() -> None:  # the console script

@@ -261,7 +261,7 @@ def _business_day(sim: Simulator, app: MerchantApp, client: Client, notify_url: 
 
 def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026, clock: Clock = wall_clock) -> DemoResult:
     """Run the demo end to end; see the module docstring. The business day is the day before ``clock``'s."""
-    from flows.nightly import reconcile_day, using
+    from flows.nightly import run_day, using
 
     data_dir = Path(data_dir)
     prepare(data_dir)
@@ -313,7 +313,7 @@ def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026, clock
         )
         say(f"running reconcile_day({day}) under Prefect ...")
         with using(settings, clock=sim.clock.now):  # the simulated world's clock is the run's clock
-            outcome = reconcile_day(day)
+            outcome = run_day(day)
     inbox.close()
     sim.close()
     from flows.report import exceptions_of_day

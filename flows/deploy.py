@@ -1,12 +1,17 @@
 """The nightly deployment: ``reconcile_day`` every evening at 22:30 Beijing time.
 
 WeChat Pay publishes day D's bill after 10:00 on D+1; the run at 22:30 on D+1 reconciles D
-("yesterday"), leaving a wide margin for late bills. Two equivalent ways to deploy:
+("yesterday"), leaving a wide margin for late bills. Two ways to deploy, under distinct names so
+neither overwrites the other:
 
-* ``wxrecon deploy`` → :func:`serve_nightly`: a long-running process that holds the schedule
-  (``Flow.serve``); simplest on one machine.
-* ``prefect deploy --all`` with ``prefect.yaml`` (same schedule) and a process work pool
-  (``prefect work-pool create wxrecon-local --type process``; ``prefect worker start --pool wxrecon-local``).
+* ``reconcile-day/nightly-serve`` — ``wxrecon deploy`` → :func:`serve_nightly`: a long-running process
+  that holds the schedule and runs the flow itself (``Flow.serve``); simplest on one machine. The
+  settings file it was given (``--config``, made absolute) is the deployment's ``config`` parameter.
+* ``reconcile-day/nightly-worker`` — ``prefect deploy --all`` with ``prefect.yaml`` (same schedule) and a
+  process work pool (``prefect work-pool create wxrecon-local --type process``; ``prefect worker start
+  --pool wxrecon-local`` started from the project directory). The deployment's pull step sets the working
+  directory to where the worker was started, and its job variables set ``WXRECON_CONFIG=wxrecon.toml``
+  there (override it per worker machine in the work pool, or per run).
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ from prefect.schedules import Cron
 
 from flows.settings import Settings
 
-DEPLOYMENT = "wxrecon-nightly"
+SERVED = "nightly-serve"
+"""The deployment ``wxrecon deploy`` serves."""
+WORKER = "nightly-worker"
+"""The deployment ``prefect deploy`` makes from ``prefect.yaml``, run by a work pool's workers."""
+DESCRIPTION = "Reconcile yesterday's WeChat Pay bills (Beijing time) against the merchant's records"
 
 
 def nightly_schedule(settings: Settings) -> Cron:
@@ -29,8 +38,8 @@ def serve_nightly(settings: Settings, config: Path | None = None) -> None:
     from flows.nightly import reconcile_day
 
     reconcile_day.serve(
-        name=DEPLOYMENT,
+        name=SERVED,
         schedules=[nightly_schedule(settings)],
-        parameters={"config": str(config)} if config else {},
-        description="Reconcile yesterday's WeChat Pay bills (Beijing time) against the merchant's records",
+        parameters={"config": str(Path(config).resolve())} if config else {},
+        description=DESCRIPTION,
     )

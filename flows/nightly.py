@@ -1,45 +1,56 @@
 """The nightly pipeline as Prefect flows: ``reconcile_day`` and ``backfill``.
 
-``reconcile_day(bill_date)`` (default: yesterday, Beijing time) runs, in order:
+``reconcile_day(bill_date)`` (default: yesterday, Beijing time, by the run's clock) refuses a day that
+is not over yet, then runs, in order:
 
 1. per merchant, in parallel (``settings.concurrency``): apply for the trade bill and load it while
    it downloads into the archive (:func:`flows.bills.ingest_bill`: one transaction per (merchant,
-   day), committed once the SHA-1 matched); "not ready yet" is retried with backoff until the
-   deadline, then the bill is reported late; other errors are retried only when WeChat Pay says a
-   retry can help;
+   day), committed once the SHA-1 matched). "Not ready yet" is a Prefect task retry with backoff
+   (``bill_retry_seconds``, doubling, at most 30 min apart), visible in the UI and holding no
+   thread of ours, until the merchant's own deadline (``bill_ready_deadline_hours`` from when its
+   work started), then the bill is late. Other errors are retried only when WeChat Pay says a
+   retry can help. A merchant whose bill an earlier run of the day loaded is left alone (``refetch``
+   fetches it again), so a later run picks up only the late ones;
 2. read the merchant's own records for the window around the day (if configured);
 3. re-verify new notification-log lines;
 4. reconcile the day (``flows.recon``), run the SQL data checks;
-5. alert finance when the thresholds are passed, a bill is late or integrity fails;
+5. alert: when the thresholds are passed or the run had a problem (:mod:`flows.outcome` names the
+   kinds), with the problem first in the title; a route that fails is retried;
 6. leave a markdown artifact with the day's summary table.
 
-A second run while one is in progress waits for it (``flows.warehouse.run_lock``) and then
-replaces what it wrote, so nothing doubles. Every step is a plain function elsewhere; the
-tasks here only wire them. ``python -m flows.nightly [YYYY-MM-DD]`` runs one day.
-"""
+The flow run ends ``Failed`` when a merchant's bill could not be had for any reason but lateness, or
+the alert could not be delivered; ``Completed`` named ``Late`` when bills are only late; plain
+``Completed`` otherwise. Every step logs its counts to the run. A second run while one is in progress
+waits for it (``flows.warehouse.run_lock``) and then replaces what it wrote, so nothing doubles.
+Every step is a plain function elsewhere; the tasks here only wire them. Callers that want the
+:class:`~flows.outcome.DayOutcome` whatever the state use :func:`run_day`.
+``python -m flows.nightly [YYYY-MM-DD]`` runs one day.
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: Prefect builds the flows' parameter models from
+these annotations when a worker loads the flow in a fresh process.)
+"""
 
 import contextvars
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 import duckdb
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.alerts import Alert, DayReport, compose, day_report, send
-from flows.bills import BillArchive, IngestResult, ingest_bill, record_bill_fetch
-from flows.clock import Clock, beijing_date, wall_clock, yesterday
+from flows.alerts import Alert, AlertNotDelivered, DayReport, compose, day_report, send
+from flows.bills import BillArchive, IngestResult, ingest_bill, record_bill_fetch, settled_merchants
+from flows.clock import Clock, beijing_date, wall_clock
 from flows.money import fmt_yuan
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
+from flows.outcome import ADVICE, DayOutcome, Kind, Problem, classify
 from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
 from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
@@ -51,17 +62,28 @@ from wxpay.verifying import public_key_pem
 _settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("wxrecon_settings", default=None)
 _clock: contextvars.ContextVar[Clock] = contextvars.ContextVar("wxrecon_clock", default=wall_clock)
 
-progress_hook: Callable[[str, int], None] | None = None
-"""Set by the command line to draw progress: called with (mchid, bytes received) during downloads and
-with ("step: <name>", number of the step) as the run moves from step to step."""
+progress_hook: Callable[[str, int, int], None] | None = None
+"""Set by the command line to draw progress: called with ("step: <name>", k, len(STEPS)) as the run moves
+from step to step, with ("merchants", done, total) as merchants' bills are settled, and with ("day", k, n)
+as a backfill moves from day to day."""
 
 STEPS = ("fetch and load bills", "read local records", "verify notifications", "reconcile", "data checks", "alert")
+MAX_RETRY_SECONDS = 1800.0
+TRADE_BILL = "trade_all"
+
+
+class BillDateError(ValueError):
+    """A bill day that is not over yet in Beijing: WeChat Pay publishes a day's bill after 10:00 the next day."""
+
+
+def _progress(event: str, done: int, total: int) -> None:
+    hook = progress_hook
+    if hook is not None:
+        hook(event, done, total)
 
 
 def _step(name: str) -> None:
-    hook = progress_hook
-    if hook is not None:
-        hook(f"step: {name}", STEPS.index(name) + 1)
+    _progress(f"step: {name}", STEPS.index(name) + 1, len(STEPS))
 
 
 @contextmanager
@@ -83,6 +105,26 @@ def _settings_for(config: str | None) -> Settings:
     return given if given is not None and config is None else load_settings(config)
 
 
+def check_bill_date(bill_date: date, today: date) -> None:
+    """Refuse a day that is today or later (Beijing): nothing about it can be reconciled yet."""
+    if bill_date >= today:
+        raise BillDateError(
+            f"bill_date {bill_date} is not over yet in Beijing (today is {today}): WeChat Pay publishes a day's"
+            " bill after 10:00 the next day"
+        )
+
+
+def not_ready_delays(first: float, deadline: float, cap: float = MAX_RETRY_SECONDS) -> list[float]:
+    """The waits between "not ready yet" answers: ``first``, doubling, at most ``cap``, until they cover
+    ``deadline`` seconds (one more try at the end)."""
+    delays: list[float] = []
+    wait = first
+    while sum(delays) < deadline:
+        delays.append(min(wait, cap))
+        wait *= 2
+    return delays or [first]
+
+
 @dataclass(frozen=True)
 class Late:
     mchid: str
@@ -90,40 +132,8 @@ class Late:
     waited_seconds: float
 
 
-@dataclass(frozen=True)
-class FetchFailure:
-    mchid: str
-    bill_date: date
-    error: str
-    integrity: bool
-
-
-@dataclass
-class DayOutcome:
-    """What a night's run found: the CLI turns it into an exit code."""
-
-    bill_date: date
-    run_id: str | None = None
-    loaded: list[str] = field(default_factory=list)
-    empty: list[str] = field(default_factory=list)
-    late: list[str] = field(default_factory=list)
-    integrity: list[str] = field(default_factory=list)
-    classes: dict[str, int] = field(default_factory=dict)
-    exceptions: int = 0
-    pending: int = 0
-    exposure_fen: int = 0
-    opened: list[str] = field(default_factory=list)  # exceptions this run opened (or reopened), "class key"
-    closed: list[str] = field(default_factory=list)  # exceptions this run resolved, "class key"
-    alert: Alert | None = None
-    alert_sent: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not (self.late or self.integrity or self.exceptions)
-
-
 def _retryable(task, task_run, state) -> bool:
-    """Retry a task only when WeChat Pay (or the network) says another try can help."""
+    """Retry a task only when WeChat Pay (or the network) says another try can help ("not ready yet" is one)."""
     try:
         state.result()
     except WxPayError as exc:
@@ -133,53 +143,61 @@ def _retryable(task, task_run, state) -> bool:
     return False
 
 
-@task(
-    name="fetch and load bill",
-    retries=3,
-    retry_delay_seconds=[10, 60, 300],
-    retry_condition_fn=_retryable,
-    cache_policy=NO_CACHE,
-)
+@task(name="fetch and load bill", retry_condition_fn=_retryable, cache_policy=NO_CACHE)
 def bill_task(
-    con: duckdb.DuckDBPyConnection, settings: Settings, mchid: str, bill_date: date, gate: threading.Semaphore
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    mchid: str,
+    bill_date: date,
+    gate: threading.Semaphore,
+    started: dict[str, datetime],
+    now: Clock,
 ) -> IngestResult | Late:
     """Apply for one merchant's trade bill and load it while it downloads into the archive (one transaction
-    for the day, committed once the SHA-1 matched); wait out "not ready yet". A bill that fails to load is
-    recorded as ``failed`` in ``raw.bill_fetches`` and raised."""
+    for the day, committed once the SHA-1 matched). "Not ready yet" raises, for Prefect to retry later,
+    until the merchant's deadline (counted from its first try, on the run's clock); then it is late. A
+    bill that fails to load is recorded as ``failed`` in ``raw.bill_fetches`` and raised."""
     logger = get_run_logger()
     merchant = settings.merchant(mchid)
     archive = BillArchive(settings.archive_root)
-    started = time.monotonic()
-    wait = settings.bill_retry_seconds
-    hook = progress_hook
-    on_progress = (lambda received: hook(mchid, received)) if hook else None
     with gate, merchant.client(settings.api_base_url) as client, con.cursor() as cursor:
-        while True:
-            try:
-                result = ingest_bill(
-                    cursor,
-                    client,
-                    archive,
-                    BillRequest.trade(bill_date),
-                    url_lifetime=settings.bill_url_lifetime,
-                    on_progress=on_progress,
-                    memory_limit=None,  # the flow holds the load limit for the whole step
-                )
-            except BillNotReadyError:
-                waited = time.monotonic() - started
-                remaining = settings.bill_ready_deadline.total_seconds() - waited
-                if remaining <= 0:
-                    logger.warning("bill of %s for %s not ready after %.0f s: late", mchid, bill_date, waited)
-                    return Late(mchid, bill_date, waited)
-                logger.info("bill of %s for %s not ready yet; trying again in %.0f s", mchid, bill_date, wait)
-                time.sleep(min(wait, remaining))
-                wait = min(wait * 2, 1800.0)
-                continue
-            except BillError as exc:
-                record_bill_fetch(cursor, mchid, "trade_all", bill_date, "failed", detail=str(exc)[:500])
-                raise
-            logger.info("bill of %s for %s: %s", mchid, bill_date, result.outcome)
-            return result
+        first_try = started.setdefault(mchid, now())
+        try:
+            result = ingest_bill(
+                cursor,
+                client,
+                archive,
+                BillRequest.trade(bill_date),
+                url_lifetime=settings.bill_url_lifetime,
+                memory_limit=None,  # the flow holds the load limit for the whole step
+            )
+        except BillNotReadyError:
+            waited = (now() - first_try).total_seconds()
+            if waited >= settings.bill_ready_deadline.total_seconds():
+                logger.warning("bill of %s for %s not ready after %.0f s: late", mchid, bill_date, waited)
+                return Late(mchid, bill_date, waited)
+            logger.info(
+                "bill of %s for %s not ready yet (%.0f s so far): Prefect tries again", mchid, bill_date, waited
+            )
+            raise
+        except BillError as exc:
+            record_bill_fetch(cursor, mchid, TRADE_BILL, bill_date, "failed", detail=str(exc)[:500])
+            raise
+    if result.load is None:
+        logger.info("bill of %s for %s: no trades that day (NO_STATEMENT_EXIST)", mchid, bill_date)
+    else:
+        bill = result.archived
+        logger.info(
+            "bill of %s for %s: %d rows loaded (%s path, %.1f s), %s bytes gz, sha1 %s",
+            mchid,
+            bill_date,
+            result.load.row_count,
+            result.load.loader,
+            result.load.seconds,
+            f"{bill.path.stat().st_size:,}" if bill and bill.path.exists() else "?",
+            result.load.archive_sha1,
+        )
+    return result
 
 
 @task(name="read local records", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
@@ -188,14 +206,12 @@ def local_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: da
     start, end = bill_day_window(bill_date - timedelta(days=days), 2 * days + 1)
     orders = read_local_orders(settings.local_orders, start, end) if settings.local_orders else None
     refunds = read_local_refunds(settings.local_refunds, start, end) if settings.local_refunds else None
-    return import_local(
-        con,
-        orders,
-        refunds,
-        start=start,
-        end=end,
-        source_label=settings.local_orders.label if settings.local_orders else "none",
+    label = settings.local_orders.label if settings.local_orders else "none"
+    counts = import_local(con, orders, refunds, start=start, end=end, source_label=label)
+    get_run_logger().info(
+        "read %d sub orders and %d refunds from %s for [%s, %s)", *counts, label, start.isoformat(), end.isoformat()
     )
+    return counts
 
 
 def notification_keys(settings: Settings) -> dict[str, MerchantKeys]:
@@ -217,13 +233,26 @@ def notification_keys(settings: Settings) -> dict[str, MerchantKeys]:
 @task(name="verify notifications", cache_policy=NO_CACHE)
 def notifications_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: date, today: date) -> int:
     """Re-verify the log from before the pending window up to the run's ``today`` (Beijing)."""
+    logger = get_run_logger()
     keys = notification_keys(settings)
     if not keys:
+        logger.info("no merchant receives notifications: nothing to re-verify")
         return 0
     log = NotificationLog(settings.notification_root)
     start = bill_date - timedelta(days=settings.pending_days + 1)
     end = max(bill_date + timedelta(days=1), today)
-    return verify_log(con, log, keys, start=start, end=end, workers=2).newly_verified
+    stats = verify_log(con, log, keys, start=start, end=end, workers=2)
+    logger.info(
+        "notification log %s..%s: %d lines in %d files, %d newly verified (%d failed), %d unreadable",
+        start,
+        end,
+        stats.lines_seen,
+        stats.files,
+        stats.newly_verified,
+        stats.failed,
+        stats.unreadable,
+    )
+    return stats.newly_verified
 
 
 @task(name="reconcile", cache_policy=NO_CACHE)
@@ -236,23 +265,48 @@ def recon_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: da
         fee_tolerance_fen=settings.fee_tolerance_fen,
         local_refunds=settings.local_refunds is not None,
     )
-    return reconcile(con, params)
+    result = reconcile(con, params)
+    classes = result.classes()
+    opened = sum(1 for c in result.changes if c.event in ("opened", "reopened"))
+    closed = sum(1 for c in result.changes if c.event == "resolved")
+    get_run_logger().info(
+        "reconciled %s (window from %s) for %d merchants: %d matched, %d exceptions of which %d pending;"
+        " %d opened, %d closed since the previous run",
+        bill_date,
+        result.window_start,
+        len(settings.mchids),
+        classes.get("matched", 0),
+        result.exceptions - classes.get("matched", 0),
+        classes.get("pending", 0),
+        opened,
+        closed,
+    )
+    return result
 
 
 @task(name="data checks", cache_policy=NO_CACHE)
 def checks_task(con: duckdb.DuckDBPyConnection) -> list[str]:
-    return [f"data check {name} found {len(rows)} bad row(s)" for name, rows in run_checks(con).items() if rows]
+    results = run_checks(con)
+    failed = [f"data check {name} found {len(rows)} bad row(s)" for name, rows in results.items() if rows]
+    get_run_logger().info("data checks: %d of %d pass", len(results) - len(failed), len(results))
+    return failed
 
 
-@task(name="alert", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
-def alert_task(settings: Settings, alert: Alert) -> bool:
-    return send(alert, settings.alerts)
+@task(name="alert", retry_condition_fn=lambda task, run, state: True, cache_policy=NO_CACHE)
+def alert_task(settings: Settings, alert: Alert) -> list[str]:
+    routes = send(alert, settings.alerts)
+    get_run_logger().info("alert (%s) sent to %s: %s", alert.severity, ", ".join(routes) or "no route", alert.title)
+    return routes
 
 
 def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
     lines = [
         f"# WeChat Pay reconciliation {report.as_of}",
         "",
+    ]
+    if outcome.problems:
+        lines += [f"**{outcome.headline()}** — the day is incomplete.", ""]
+    lines += [
         f"Merchants {', '.join(report.merchants)}: {report.matched} matched, {report.pending} pending, "
         f"{report.exceptions} exceptions ({fmt_yuan(report.exposure_fen)} at stake).",
         "",
@@ -264,55 +318,86 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         lines += ["", f"Since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed."]
         lines += [f"- opened {item}" for item in outcome.opened[:20]]
         lines += [f"- closed {item}" for item in outcome.closed[:20]]
-    for label, problems in (("Late bills", outcome.late), ("Integrity", outcome.integrity)):
-        if problems:
-            lines += ["", f"**{label}**", *(f"- {p}" for p in problems)]
+    for kind in Kind:
+        found = outcome.of(kind)
+        if found:
+            lines += ["", f"**{kind.value.upper()}** — {ADVICE[kind]}", *(f"- {p}" for p in found)]
     return "\n".join(lines)
 
 
+def final_state(outcome: DayOutcome) -> State:
+    """The flow run's state for an outcome (module docstring), carrying the outcome as its result."""
+    if outcome.failing:
+        return Failed(message=f"{outcome.bill_date}: {outcome.headline()}", data=outcome)
+    if outcome.late:
+        return Completed(name="Late", message=f"{outcome.bill_date}: {outcome.headline()}", data=outcome)
+    return Completed(message=f"{outcome.bill_date}: {outcome.exceptions} exceptions", data=outcome)
+
+
+def _fetch_and_load(con, settings: Settings, bill_date: date, refetch: bool, now: Clock, outcome: DayOutcome) -> None:
+    logger = get_run_logger()
+    outcome.kept = [] if refetch else sorted(settled_merchants(con, TRADE_BILL, bill_date) & set(settings.mchids))
+    todo = [m for m in settings.mchids if m not in outcome.kept]
+    if outcome.kept:
+        logger.info("%d merchants' bills were loaded by an earlier run of %s: kept", len(outcome.kept), bill_date)
+    total = len(settings.mchids)
+    _progress("merchants", len(outcome.kept), total)
+    delays = not_ready_delays(settings.bill_retry_seconds, settings.bill_ready_deadline.total_seconds())
+    fetch = bill_task.with_options(retries=len(delays), retry_delay_seconds=delays)
+    gate = threading.BoundedSemaphore(settings.concurrency)
+    started: dict[str, datetime] = {}
+    with lowered_memory_limit(con, LOAD_MEMORY_LIMIT):
+        futures = fetch.map(
+            unmapped(con),
+            unmapped(settings),
+            todo,
+            unmapped(bill_date),
+            unmapped(gate),
+            unmapped(started),
+            unmapped(now),
+        )
+        for done, (mchid, future) in enumerate(zip(todo, futures, strict=True), start=len(outcome.kept) + 1):
+            state = future.wait() or future.state
+            if state.is_completed():
+                result = future.result()
+                if isinstance(result, Late):
+                    text = f"bill of {mchid} for {bill_date} not ready after {result.waited_seconds:.0f} s"
+                    outcome.problems.append(Problem(Kind.LATE, text, mchid))
+                else:
+                    (outcome.loaded if result.outcome == "loaded" else outcome.empty).append(mchid)
+            else:
+                error = future.result(raise_on_failure=False)
+                kind = classify(error)
+                text = f"bill of {mchid} for {bill_date}: {type(error).__name__}: {error}"
+                outcome.problems.append(Problem(kind, text, mchid))
+                logger.error("%s (%s)", text, kind.value)
+            _progress("merchants", done, total)
+
+
 @flow(name="reconcile-day", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
-def reconcile_day(bill_date: date | None = None, config: str | None = None) -> DayOutcome:
+def reconcile_day(bill_date: date | None = None, config: str | None = None, refetch: bool = False) -> State:
     """Reconcile one Beijing day (default: yesterday) for every configured merchant."""
     settings = _settings_for(config)
-    started = _clock.get()()  # the run's moment: every business decision below reads it, not the wall clock
-    bill_date = bill_date or yesterday(lambda: started)
+    now = _clock.get()
+    today = beijing_date(now())  # the run's day: every business decision below reads the run's clock
+    bill_date = bill_date or today - timedelta(days=1)
+    check_bill_date(bill_date, today)
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
         con = open_warehouse(settings.warehouse_path, memory_limit=settings.memory_limit)
         try:
             _step("fetch and load bills")
-            gate = threading.BoundedSemaphore(settings.concurrency)
-            with lowered_memory_limit(con, LOAD_MEMORY_LIMIT):
-                futures = bill_task.map(
-                    unmapped(con), unmapped(settings), settings.mchids, unmapped(bill_date), unmapped(gate)
-                )
-                for mchid, future in zip(settings.mchids, futures, strict=True):
-                    state = future.wait() or future.state
-                    if state.is_completed():
-                        result = future.result()
-                        if isinstance(result, Late):
-                            outcome.late.append(
-                                f"bill of {mchid} for {bill_date} not ready after {result.waited_seconds:.0f} s"
-                            )
-                        else:
-                            (outcome.loaded if result.outcome == "loaded" else outcome.empty).append(mchid)
-                    else:
-                        error = future.result(raise_on_failure=False)
-                        integrity = isinstance(error, BillError)
-                        verb = "loaded" if integrity else "fetched"
-                        text = f"bill of {mchid} for {bill_date} could not be {verb}: {type(error).__name__}: {error}"
-                        (outcome.integrity if integrity else outcome.late).append(text)
-                        logger.error(text)
+            _fetch_and_load(con, settings, bill_date, refetch, now, outcome)
             _step("read local records")
             if settings.local_orders:
                 local_task(con, settings, bill_date)
             _step("verify notifications")
-            notifications_task(con, settings, bill_date, beijing_date(started))
+            notifications_task(con, settings, bill_date, today)
             _step("reconcile")
             result = recon_task(con, settings, bill_date)
             _step("data checks")
-            outcome.integrity += checks_task(con)
+            outcome.problems += [Problem(Kind.INTEGRITY, text) for text in checks_task(con)]
             report = day_report(con, bill_date, settings.mchids, top=settings.alerts.top_items)
         finally:
             con.close()
@@ -322,36 +407,61 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None) -> D
     outcome.opened = [f"{c.to_class} {c.item_key}" for c in result.changes if c.event in ("opened", "reopened")]
     outcome.closed = [f"{c.from_class} {c.item_key}" for c in result.changes if c.event == "resolved"]
     _step("alert")
-    outcome.alert = compose(report, settings.alerts, integrity=outcome.integrity, late=outcome.late)
-    if outcome.alert is not None:
-        outcome.alert_sent = alert_task(settings, outcome.alert)
+    outcome.alert = compose(report, settings.alerts, problems=outcome.problems)
+    if outcome.alert is not None and settings.alerts.urls:
+        alerting = alert_task.with_options(
+            retries=settings.alerts.retries, retry_delay_seconds=settings.alerts.retry_seconds
+        )
+        sent = alerting(settings, outcome.alert, return_state=True)
+        if sent.is_completed():
+            outcome.alert_sent = True
+        else:
+            error = sent.result(raise_on_failure=False)
+            text = f"{type(error).__name__}: {error}" if isinstance(error, AlertNotDelivered) else repr(error)
+            outcome.problems.append(Problem(Kind.ALERT, text))
+            logger.error("alert not delivered after %d tries: %s", settings.alerts.retries + 1, text)
     create_markdown_artifact(
         markdown=summary_markdown(report, outcome),
         key=f"recon-{bill_date.isoformat()}",
         description=f"WeChat Pay reconciliation of {bill_date}",
     )
     logger.info(
-        "%s: %d exceptions, %d pending, %s at stake",
+        "%s: %d exceptions, %d pending, %s at stake%s",
         bill_date,
         outcome.exceptions,
         outcome.pending,
         fmt_yuan(outcome.exposure_fen),
+        f"; {outcome.headline()}" if outcome.problems else "",
     )
-    return outcome
+    return final_state(outcome)
+
+
+def outcome_of(state: State) -> DayOutcome:
+    """The :class:`DayOutcome` a finished ``reconcile_day`` run carries; the run's own error if it crashed."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def run_day(bill_date: date | None = None, config: str | None = None, *, refetch: bool = False) -> DayOutcome:
+    """Run :func:`reconcile_day` and return its outcome whatever its final state (the CLI, the demo, tests)."""
+    return outcome_of(reconcile_day(bill_date, config, refetch, return_state=True))
 
 
 @flow(name="backfill")
-def backfill(start: date, end: date, config: str | None = None) -> list[DayOutcome]:
+def backfill(start: date, end: date, config: str | None = None, refetch: bool = False) -> list[DayOutcome]:
     """Reconcile every day from ``start`` to ``end`` (inclusive) in date order; re-running is harmless."""
     if end < start:
-        raise ValueError(f"backfill end {end} is before start {start}")
+        raise BillDateError(f"backfill end {end} is before start {start}")
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    check_bill_date(days[-1], beijing_date(_clock.get()()))
     outcomes = []
-    day = start
-    while day <= end:
-        outcomes.append(reconcile_day(day, config))
-        day += timedelta(days=1)
+    for k, day in enumerate(days, start=1):
+        _progress("day", k, len(days))
+        outcomes.append(run_day(day, config, refetch=refetch))
     return outcomes
 
 
 if __name__ == "__main__":
-    reconcile_day(date.fromisoformat(sys.argv[1]) if len(sys.argv) > 1 else None)
+    print(run_day(date.fromisoformat(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -136,10 +136,12 @@ class AlertConfig(BaseModel):
 
     urls: list[SecretStr] = Field(default_factory=list)  # apprise URLs; they often carry tokens
     max_count: int = Field(default=0, ge=0)  # alert when open exceptions of the day exceed this many
-    max_amount_fen: int = Field(default=0, ge=0)  # ... or their absolute differences exceed this many fen
+    max_amount_fen: int = Field(default=0, ge=0)  # ... or the money at stake exceeds this many fen
     daily_digest: bool = False  # also send a short note on clean days
     top_items: int = Field(default=5, ge=1, le=50)
     notebook_hint: str = "./scripts/notebooks  (then open notebooks/02_exception_drilldown.ipynb)"
+    retries: int = Field(default=2, ge=0, le=10)  # a failed delivery is tried again this many times
+    retry_seconds: float = Field(default=30.0, ge=0)  # ... this long apart
 
     @field_validator("urls", mode="before")
     @classmethod
@@ -147,6 +149,22 @@ class AlertConfig(BaseModel):
         if isinstance(value, str):
             value = [v for v in re.split(r"[\s,]+", value) if v]
         return [_resolve_secret(v) for v in value]
+
+    @field_validator("urls")
+    @classmethod
+    def _parseable(cls, urls: list[SecretStr]) -> list[SecretStr]:
+        """Every URL must be one apprise can send to: a typo fails at start, not at 22:30 (the URL is not shown)."""
+        if not urls:
+            return urls
+        import apprise  # ships with Prefect; imported only when there are URLs to check
+
+        for index, url in enumerate(urls):
+            text = url.get_secret_value()
+            if not apprise.Apprise().add(text):
+                scheme = text.split("://", 1)[0] if "://" in text else "(none)"
+                hint = " (WeCom group robots are wecombot://<key>)" if scheme == "wxwork" else ""
+                raise ValueError(f"url #{index + 1} (scheme {scheme!r}) is not a URL apprise can send to{hint}")
+        return urls
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ import yaml
 
 from flows.demo import AlertInbox
 from flows.deploy import nightly_schedule
-from flows.nightly import reconcile_day, using
+from flows.nightly import run_day, using
 from flows.settings import Settings
 from flows.sources import LocalOrdersSource
 from flows.warehouse import connect
@@ -103,8 +103,8 @@ def counts(settings: Settings) -> tuple:
 
 def test_a_day_end_to_end_with_a_postgres_source_and_an_alert(world, tmp_path, inbox):
     settings = settings_for(world, tmp_path, inbox)
-    with using(settings):
-        outcome = reconcile_day(D)
+    with using(settings, clock=world.sim.clock.now):
+        outcome = run_day(D)
     assert set(outcome.loaded) | set(outcome.empty) == set(settings.mchids)
     assert outcome.empty == [INITIATOR]  # the initiator takes no part in these sub orders: no trades, no bill
     assert outcome.classes == {"matched": outcome.classes["matched"], "amount_mismatch": 1}
@@ -128,10 +128,10 @@ def test_a_day_end_to_end_with_a_postgres_source_and_an_alert(world, tmp_path, i
 
 def test_running_the_day_again_changes_nothing(world, tmp_path, inbox):
     settings = settings_for(world, tmp_path, inbox)
-    with using(settings):
-        first = reconcile_day(D)
+    with using(settings, clock=world.sim.clock.now):
+        first = run_day(D)
         before = counts(settings)
-        second = reconcile_day(D)
+        second = run_day(D)
     assert counts(settings) == before
     assert first.classes == second.classes
     assert first.opened == ["amount_mismatch FL0003S1"]  # what opened since the previous run (there was none)
@@ -145,8 +145,8 @@ def test_two_concurrent_runs_of_one_day_produce_no_doubles(world, tmp_path, inbo
 
     def run():
         try:
-            with using(settings):
-                outcomes.append(reconcile_day(D))
+            with using(settings, clock=world.sim.clock.now):
+                outcomes.append(run_day(D))
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -157,8 +157,8 @@ def test_two_concurrent_runs_of_one_day_produce_no_doubles(world, tmp_path, inbo
         thread.join(timeout=240)
     assert errors == []
     assert len(outcomes) == 2
-    with using(settings):
-        reconcile_day(D)
+    with using(settings, clock=world.sim.clock.now):
+        run_day(D)
     rows, items, exceptions, _local, _lines = counts(settings)
     assert rows == sum(2 for _ in range(5))  # 5 paid combine orders x 2 sub orders, once
     assert exceptions == 1
@@ -173,32 +173,33 @@ def test_two_concurrent_runs_of_one_day_produce_no_doubles(world, tmp_path, inbo
 def test_not_ready_yet_is_retried_until_the_bill_is_there(world, tmp_path, inbox):
     settings = settings_for(world, tmp_path, inbox, bill_ready_deadline_hours=0.05)
     world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=4)
-    with using(settings):
-        outcome = reconcile_day(D)
+    with using(settings, clock=world.sim.clock.now):
+        outcome = run_day(D)
     assert outcome.late == []
     assert set(outcome.loaded) | set(outcome.empty) == set(settings.mchids)
     assert world.sim.faults.errors == []  # all four "not ready" answers were used up by retries
 
 
 def test_a_bill_not_ready_by_the_deadline_is_late_and_alerted(world, tmp_path, inbox):
-    settings = settings_for(world, tmp_path, inbox)
+    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01, bill_ready_deadline_hours=0.0001)
     world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=1000)
     try:
-        with using(settings):
-            outcome = reconcile_day(D)
+        with using(settings, clock=world.sim.clock.now):
+            outcome = run_day(D)
     finally:
         world.sim.faults.clear()
     assert len(outcome.late) == 3
     assert outcome.alert_sent
-    assert "bill late" in inbox.received[0]["message"]
+    assert inbox.received[0]["title"].startswith("LATE: bill not ready")
+    assert "LATE: WeChat Pay has not published the bill yet" in inbox.received[0]["message"]
 
 
 def test_a_hash_mismatch_loads_nothing_of_that_day_and_alerts_integrity(world, tmp_path, inbox):
     settings = settings_for(world, tmp_path, inbox, concurrency=1)
     world.sim.faults.add("download", "corrupt")
     try:
-        with using(settings):
-            outcome = reconcile_day(D)
+        with using(settings, clock=world.sim.clock.now):
+            outcome = run_day(D)
     finally:
         world.sim.faults.clear()
     assert len(outcome.integrity) == 1
@@ -216,6 +217,7 @@ def test_a_hash_mismatch_loads_nothing_of_that_day_and_alerts_integrity(world, t
 def test_the_deployment_runs_at_2230_shanghai_time():
     definition = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
     [deployment] = definition["deployments"]
+    assert deployment["name"] == "nightly-worker"
     assert deployment["entrypoint"] == "flows/nightly.py:reconcile_day"
     assert deployment["schedules"] == [{"cron": "30 22 * * *", "timezone": "Asia/Shanghai", "active": True}]
     schedule = nightly_schedule(

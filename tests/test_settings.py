@@ -118,6 +118,32 @@ def test_env_example_lists_every_setting():
         assert f"WXRECON_{name.upper()}" in example, name
 
 
+def test_the_alert_urls_of_env_example_parse_and_a_bad_one_fails_at_start():
+    import json
+    import re
+    from pathlib import Path
+
+    from flows.settings import AlertConfig
+
+    example = (Path(__file__).parents[1] / ".env.example").read_text()
+    shown = re.findall(r"^#\s+[^:]+:\s+([a-z]+://\S+)", example, re.M)
+    assert {u.split("://")[0] for u in shown} >= {"wecombot", "dingtalk", "feishu", "mailtos", "jsons"}
+    [value] = re.findall(r"^WXRECON_ALERTS='(.*)'$", example, re.M)
+    configured = AlertConfig(**json.loads(value))
+    assert len(configured.urls) == 2
+    assert len(AlertConfig(urls=shown).urls) == len(shown)
+    with pytest.raises(ValueError, match=r"url #2 \(scheme 'wxwork'\) is not a URL apprise can send to"):
+        AlertConfig(urls=["json://127.0.0.1/x", "wxwork://fake-webhook-key/"])
+
+
+def test_a_bad_alert_url_is_a_settings_error_naming_the_setting(tmp_path, files):
+    folder, merchant = files
+    path = toml(tmp_path, "[alerts]\nurls = [\"wxwork://fake-key/\"]\n" + merchant_toml(folder, merchant))
+    with pytest.raises(SettingsError, match=r"alerts\.urls") as caught:
+        load_settings(path)
+    assert "fake-key" not in str(caught.value)
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_secret_can_come_from_a_prefect_secret_block(tmp_path, files):
     from prefect.blocks.system import Secret

@@ -17,6 +17,7 @@ from flows.bills.fetcher import (
     ingest_bill,
     load_archived,
     record_bill_fetch,
+    settled_merchants,
 )
 from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import PART_LINES, load_bill, load_bill_stream
@@ -35,4 +36,5 @@ __all__ = [
     "load_bill",
     "load_bill_stream",
     "record_bill_fetch",
+    "settled_merchants",
 ]

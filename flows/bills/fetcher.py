@@ -89,6 +89,17 @@ def record_bill_fetch(
     )
 
 
+def settled_merchants(con: duckdb.DuckDBPyConnection, bill_type: str, bill_date: date) -> set[str]:
+    """The merchants whose ``bill_type`` bill of ``bill_date`` an earlier run loaded (or found empty): a
+    later run of the day leaves them alone unless told to fetch again."""
+    rows = con.execute(
+        "select mchid from raw.bill_fetches"
+        " where bill_type = ? and bill_date = ? and outcome in ('loaded', 'no_statement')",
+        [bill_type, bill_date],
+    ).fetchall()
+    return {mchid for (mchid,) in rows}
+
+
 def fetch_to_archive(
     client: Client,
     archive: BillArchive,
