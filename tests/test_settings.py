@@ -138,7 +138,7 @@ def test_the_alert_urls_of_env_example_parse_and_a_bad_one_fails_at_start():
 
 def test_a_bad_alert_url_is_a_settings_error_naming_the_setting(tmp_path, files):
     folder, merchant = files
-    path = toml(tmp_path, "[alerts]\nurls = [\"wxwork://fake-key/\"]\n" + merchant_toml(folder, merchant))
+    path = toml(tmp_path, '[alerts]\nurls = ["wxwork://fake-key/"]\n' + merchant_toml(folder, merchant))
     with pytest.raises(SettingsError, match=r"alerts\.urls") as caught:
         load_settings(path)
     assert "fake-key" not in str(caught.value)
