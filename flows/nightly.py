@@ -100,6 +100,14 @@ def using(settings: Settings, *, clock: Clock | None = None) -> Iterator[Setting
         _settings.reset(token)
 
 
+def run_clock() -> Clock:
+    """The clock of runs started here: the wall clock, or the one :func:`using` gave.
+
+    (Flows read it through this function: Prefect pickles a served flow's function by value, and a
+    ``ContextVar`` it named directly would not pickle.)"""
+    return _clock.get()
+
+
 def _settings_for(config: str | None) -> Settings:
     given = _settings.get()
     return given if given is not None and config is None else load_settings(config)
@@ -378,7 +386,7 @@ def _fetch_and_load(con, settings: Settings, bill_date: date, refetch: bool, now
 def reconcile_day(bill_date: date | None = None, config: str | None = None, refetch: bool = False) -> State:
     """Reconcile one Beijing day (default: yesterday) for every configured merchant."""
     settings = _settings_for(config)
-    now = _clock.get()
+    now = run_clock()
     today = beijing_date(now())  # the run's day: every business decision below reads the run's clock
     bill_date = bill_date or today - timedelta(days=1)
     check_bill_date(bill_date, today)
@@ -455,7 +463,7 @@ def backfill(start: date, end: date, config: str | None = None, refetch: bool = 
     if end < start:
         raise BillDateError(f"backfill end {end} is before start {start}")
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
-    check_bill_date(days[-1], beijing_date(_clock.get()()))
+    check_bill_date(days[-1], beijing_date(run_clock()()))
     outcomes = []
     for k, day in enumerate(days, start=1):
         _progress("day", k, len(days))

@@ -1,8 +1,9 @@
 """Settings: the only place configuration and secrets are read.
 
 Sources, strongest first: keyword arguments, environment variables (``WXRECON_...``, nested
-with ``__``: ``WXRECON_ALERTS__MAX_COUNT=3``), then one TOML file (``--config`` or
-``WXRECON_CONFIG``). ``.env.example`` lists every setting with fake values.
+with ``__``: ``WXRECON_ALERTS__MAX_COUNT=3``), then one TOML file (``--config``, else
+``WXRECON_CONFIG``, else ``wxrecon.toml`` in the current directory when there is one).
+``.env.example`` lists every setting with fake values.
 
 Secrets (merchant private keys, APIv3 keys, alert URLs with tokens) are ``SecretStr``: they
 never show in a repr, a log line or an error. A secret may also be given as
@@ -29,6 +30,7 @@ from wxpay.verifying import PUBLIC_KEY_ID_PREFIX
 
 ENV_PREFIX = "WXRECON_"
 CONFIG_ENV = "WXRECON_CONFIG"
+DEFAULT_CONFIG = Path("wxrecon.toml")
 SECRET_BLOCK = "prefect-secret:"  # noqa: S105 - a prefix, not a password
 
 
@@ -260,8 +262,13 @@ def _where(loc: tuple) -> str:
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read the settings (see the module docstring); raise :class:`SettingsError` naming what is wrong."""
+    """Read the settings (see the module docstring); raise :class:`SettingsError` naming what is wrong.
+
+    Without ``config`` and without ``WXRECON_CONFIG``, ``wxrecon.toml`` in the current directory is read
+    when it exists (a worker started in the project directory finds it there)."""
     previous = os.environ.get(CONFIG_ENV)
+    if config is None and not previous and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
     if config is not None:
         if not Path(config).is_file():
             raise SettingsError(f"settings file {config} does not exist")
@@ -270,6 +277,10 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         return Settings(**overrides)
     except ValidationError as exc:
         problems = [f"{_where(err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False, include_input=False)]
+        if config is None and not previous:
+            problems.append(
+                f"(no settings file was read: give --config, set {CONFIG_ENV}, or put {DEFAULT_CONFIG} in {Path.cwd()})"
+            )
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
     finally:
         if config is not None:

@@ -30,9 +30,10 @@ for _name, _value in (
 pytest_plugins = [
     "tests.clock",  # every run on a day of its own (WXRECON_TEST_NOW reproduces one)
     "tests.dbservers",  # real PostgreSQL and MariaDB servers, started per session
+    "tests.prefectserver",  # a real Prefect server, for the tests that deploy
 ]
 
-SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness"}
+SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness", "prefect_server"}
 """A test that starts a database server or Prefect's harness is slow; so are whole modules that say so
 (``pytestmark = pytest.mark.slow``: notebooks, the demo, the command line). ``-m "not slow"`` is the quick loop."""
 
