@@ -226,3 +226,149 @@ def test_the_deployment_runs_at_2230_shanghai_time():
     assert (schedule.cron, schedule.timezone) == ("30 22 * * *", "Asia/Shanghai")
     assert Settings.model_fields["schedule_cron"].default == "30 22 * * *"
     assert Settings.model_fields["schedule_timezone"].default == "Asia/Shanghai"
+
+
+# --- failures say what they are ---------------------------------------------------------------------
+
+
+def run_state(world, settings, day=D):
+    """The flow run's final state, and the outcome it carries."""
+    from flows.nightly import outcome_of, reconcile_day
+
+    with using(settings, clock=world.sim.clock.now):
+        state = reconcile_day(day, return_state=True)
+    return state, outcome_of(state)
+
+
+@pytest.fixture
+def info_logs():
+    """The run's INFO logs reach the server (the suite keeps Prefect's loggers at WARNING)."""
+    import logging
+
+    logger = logging.getLogger("prefect")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+
+
+def flow_run_logs(state) -> str:
+    """What the Prefect server holds of a flow run's log (after the log worker has sent what it has)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    return "\n".join(log.message for log in logs)
+
+
+def test_a_swapped_key_is_a_configuration_problem_not_a_late_bill(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    merchants = [m.model_dump() for m in settings.merchants]
+    merchants[1]["private_key_file"], merchants[2]["private_key_file"] = (
+        merchants[2]["private_key_file"],
+        merchants[1]["private_key_file"],
+    )
+    settings = settings_for(world, tmp_path, inbox, merchants=merchants)
+    state, outcome = run_state(world, settings)
+    assert state.is_failed()
+    assert outcome.late == []
+    swapped = {settings.merchants[1].mchid, settings.merchants[2].mchid}
+    assert {p.mchid for p in outcome.problems} == swapped
+    assert {p.kind.value for p in outcome.problems} == {"configuration"}
+    assert all("401 SIGN_ERROR" in p.text for p in outcome.problems)
+    assert outcome.exit_code() == 4
+    title = inbox.received[0]["title"]
+    assert title.startswith("CONFIGURATION: credentials or settings refused")
+    assert "an operator problem, not finance's" in inbox.received[0]["message"]
+    assert inbox.received[0]["type"] == "failure"
+
+
+def test_an_unknown_merchant_id_is_a_configuration_problem(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox)
+    merchants = [m.model_dump() for m in settings.merchants]
+    merchants[0]["mchid"] = "1999999999"
+    state, outcome = run_state(world, settings_for(world, tmp_path, inbox, merchants=merchants))
+    assert state.is_failed()
+    assert [(p.kind.value, p.mchid) for p in outcome.problems] == [("configuration", "1999999999")]
+
+
+def test_wechat_pay_down_after_the_retries_is_unavailable(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01, bill_ready_deadline_hours=0.0001)
+    world.sim.faults.error("/v3/bill/tradebill", 500, "SYSTEM_ERROR", "系统错误", times=1000)
+    try:
+        state, outcome = run_state(world, settings)
+    finally:
+        world.sim.faults.clear()
+    assert state.is_failed()
+    assert {p.kind.value for p in outcome.problems} == {"unavailable"}
+    assert outcome.exit_code() == 7
+    assert inbox.received[0]["title"].startswith("UNAVAILABLE: WeChat Pay unavailable")
+
+
+def test_a_day_that_is_not_over_is_refused_before_anything_is_stored(world, tmp_path, inbox):
+    from flows.nightly import BillDateError
+
+    settings = settings_for(world, tmp_path, inbox)
+    today = world.sim.clock.now().date()
+    for day in (today, today + timedelta(days=1)):
+        with pytest.raises(BillDateError, match="not over yet"), using(settings, clock=world.sim.clock.now):
+            run_day(day)
+    assert not settings.warehouse_path.exists()
+    assert not settings.archive_root.exists()
+    assert inbox.received == []
+
+
+def test_a_late_bill_makes_the_run_late_not_green(world, tmp_path, inbox):
+    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01, bill_ready_deadline_hours=0.0001)
+    world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=1000)
+    try:
+        state, outcome = run_state(world, settings)
+    finally:
+        world.sim.faults.clear()
+    assert (state.type.value, state.name) == ("COMPLETED", "Late")
+    assert outcome.exit_code() == 3
+    assert inbox.received[0]["title"].startswith("LATE: bill not ready")
+    assert inbox.received[0]["type"] == "warning"
+    # a later run of the day, once the bills are there, picks them up
+    with using(settings, clock=world.sim.clock.now):
+        later = run_day(D)
+    assert later.late == []
+    assert set(later.loaded) | set(later.empty) == set(settings.mchids)
+
+
+def test_a_bill_ready_after_two_not_ready_answers_is_retried_by_prefect(world, tmp_path, inbox, info_logs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01)
+    world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=2)
+    state, outcome = run_state(world, settings)
+    assert state.is_completed()
+    assert outcome.late == []
+    assert set(outcome.loaded) | set(outcome.empty) == set(settings.mchids)
+    with get_client(sync_client=True) as client:
+        flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = client.read_task_runs(flow_run_filter=flow_run)
+        bills = [r for r in runs if r.name.startswith("fetch and load bill")]
+        history = {r.id: [s.name for s in client.read_task_run_states(r.id)] for r in bills}
+    # each "not ready" answer was a Prefect retry of the task that got it (the task itself never waited)
+    assert sum(r.run_count for r in bills) == len(bills) + 2
+    assert sum(names.count("AwaitingRetry") for names in history.values()) == 2
+    assert sum(names.count("Retrying") for names in history.values()) == 2
+    assert "not ready yet" in flow_run_logs(state)
+
+
+def test_an_alert_route_that_fails_makes_the_run_say_so(world, tmp_path, inbox):
+    closed = f"json://127.0.0.1:{inbox.url.split(':')[2].split('/')[0]}/nowhere"
+    inbox.close()  # the route's listener is gone
+    settings = settings_for(world, tmp_path, inbox, alerts={"urls": [closed], "retries": 1, "retry_seconds": 0})
+    state, outcome = run_state(world, settings)
+    assert state.is_failed()
+    assert [p.kind.value for p in outcome.problems] == ["alert"]
+    assert "alert route #1 json (did not accept it)" in outcome.problems[0].text
+    assert outcome.exit_code() == 9
+    assert not outcome.alert_sent
+    assert "alert not delivered after 2 tries" in flow_run_logs(state)
