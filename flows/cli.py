@@ -272,7 +272,7 @@ def receiver(
             if merchant.platform_certificates:
                 client = merchant.client(settings.api_base_url)
                 verifier, refresh = client.verifier, client.refresh_certificates
-            merchants[merchant.mchid] = ReceiverMerchant(verifier, merchant.api_v3_key.get_secret_value(), refresh)
+            merchants[merchant.mchid] = ReceiverMerchant(verifier, merchant.api_v3_key_value(), refresh)
     if not merchants:
         console.print("[red]no merchant has receives_notifications = true[/red]")
         raise typer.Exit(EXIT_SETTINGS)
