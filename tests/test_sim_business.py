@@ -1,5 +1,5 @@
 """The simulator's day of business (``POST /sim/business``): orders made through the signed API, the shop's
-records in the canonical shape, deterministic for a seed."""
+records in the canonical shape, deterministic for a seed; and ``python -m wxpay.sim business`` over loopback."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tests.conftest import INITIATOR, START, NotifyTransport
 from wxpay.bills import BillRequest, fetch_bill
 from wxpay.models import BEIJING
 from wxpay.sim import MerchantBook, SimOptions, Simulator, VirtualClock, create_business_day
+from wxpay.sim.__main__ import main as sim_main
 from wxpay.sim.business import DEFAULT_NOTIFY_URL
 from wxpay.sim.records import ORDER_FIELDS, REFUND_FIELDS, order_schema, refund_schema
 
@@ -212,3 +213,28 @@ def test_the_default_notify_url_is_the_receivers_default_address():
     fields = Settings.model_fields
     receiver = f"http://{fields['receiver_host'].default}:{fields['receiver_port'].default}/wxpay/notify/{{mchid}}"
     assert receiver == DEFAULT_NOTIFY_URL
+
+
+def test_the_cli_asks_a_served_simulator_and_writes_parquet(merchant_pool, tmp_path, capsys):
+    simulator = fresh_sim(merchant_pool)
+    with wxpay.sim.serve(simulator) as server:
+        out = tmp_path / "business" / DAY.isoformat()
+        code = sim_main(
+            [
+                *("business", "--url", server.url, "--day", DAY.isoformat(), "--orders", "8", "--seed", "4"),
+                *("--notify-url", NOTIFY, "--out", str(out)),
+            ]
+        )
+        assert code == 0
+        again = sim_main(["business", "--url", server.url, "--day", DAY.isoformat(), "--out", str(out)])
+        assert again == 1
+    simulator.close()
+    printed = capsys.readouterr()
+    assert '"paid_after_midnight": 1' in printed.out
+    assert "INVALID_REQUEST" in printed.err
+    orders = pq.read_table(out / "orders.parquet")
+    assert orders.schema == LOCAL_ORDER_SCHEMA
+    assert set(orders.column("combine_out_trade_no").to_pylist()) == {
+        f"D{DAY:%Y%m%d}{n:04d}" for n in (*range(1, 9), 9999)
+    }
+    assert pq.read_table(out / "refunds.parquet").num_rows == 1
