@@ -214,7 +214,8 @@ def _refunds(
     sim: Simulator, business: BusinessDay, requests: list[CombineNativeRequest], rng: random.Random, at: datetime
 ) -> None:
     """About one paid order in twelve (at least one, never the last paid) gets half its first sub order back."""
-    paid = [r for r in requests if r.combine_out_trade_no in set(business.paid[:-1])]
+    refundable = set(business.paid[:-1])
+    paid = [r for r in requests if r.combine_out_trade_no in refundable]
     if not paid:
         return
     _move_to(sim, max(sim.clock.now(), at))
