@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -333,13 +333,13 @@ def receiver(
             if merchant.platform_certificates:
                 client = merchant.client(settings.api_base_url)
                 verifier, refresh = client.verifier, client.refresh_certificates
-            merchants[merchant.mchid] = ReceiverMerchant(verifier, merchant.api_v3_key.get_secret_value(), refresh)
+            merchants[merchant.mchid] = ReceiverMerchant(verifier, merchant.api_v3_key_value(), refresh)
     if not merchants:
         console.print("[red]no merchant has receives_notifications = true[/red]")
         raise typer.Exit(EXIT_SETTINGS)
     receiver_app = create_app(merchants, NotificationLog(settings.notification_root))
     server = ReceiverServer(
-        receiver_app, host or settings.receiver_host, port or settings.receiver_port, log_level="info"
+        receiver_app, host or settings.receiver_host, settings.receiver_port if port is None else port, log_level="info"
     )
     console.print(
         f"notify_url: {server.url}/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it)",
@@ -350,27 +350,94 @@ def receiver(
 
 @app.command()
 def sim(
-    port: Annotated[int, typer.Option()] = 8421,
-    state_dir: Annotated[Path, typer.Option(help="merchant test credentials are written here")] = Path("var/sim"),
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="0: any free port")] = 8421,
+    state_dir: Annotated[Path, typer.Option(help="credentials, records and wxrecon.toml are written here")] = Path(
+        "var/sim"
+    ),
     merchants: Annotated[int, typer.Option()] = 3,
     seed: Annotated[int, typer.Option()] = 0,
+    start: Annotated[
+        str | None, typer.Option(help="business clock start, ISO 8601 with offset (default: now, Beijing)")
+    ] = None,
+    business_day: Annotated[
+        str | None, typer.Option(help="create this day of business at start, YYYY-MM-DD (e.g. yesterday)")
+    ] = None,
+    orders: Annotated[int, typer.Option(min=1, max=1000, help="combine orders of that day")] = 36,  # MAX_ORDERS
+    notify_url: Annotated[
+        str | None, typer.Option(help="where its callbacks go (default: wxrecon receiver on 127.0.0.1:8080)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the settings' data_dir: warehouse, archive, log (default <state-dir>/recon)")
+    ] = None,
 ) -> None:
-    """Run the offline WeChat Pay simulator on loopback (same as python -m wxpay.sim serve)."""
-    from wxpay.sim.__main__ import main
+    """Run the offline WeChat Pay simulator (as python -m wxpay.sim serve) and write <state-dir>/wxrecon.toml for it."""
+    import json
 
-    main(
-        [
-            "serve",
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state_dir),
-            "--merchants",
-            str(merchants),
-            "--seed",
-            str(seed),
-        ]
+    from flows.settings import SettingsError, load_settings
+    from flows.simsettings import write_sim_settings
+    from wxpay.sim.standalone import start_standalone
+
+    options = {}
+    if start:
+        try:
+            options["start"] = datetime.fromisoformat(start)
+        except ValueError:
+            raise typer.BadParameter(f"{start!r} is not an ISO 8601 time", param_hint="--start") from None
+        if options["start"].tzinfo is None:
+            raise typer.BadParameter(f"{start!r} has no offset (e.g. +08:00)", param_hint="--start")
+    if business_day:
+        options["business_day"] = _date(business_day)
+    running = start_standalone(
+        host=host,
+        port=port,
+        merchants=merchants,
+        seed=seed,
+        state_dir=state_dir,
+        orders=orders,
+        notify_url=notify_url,
+        **options,
     )
+    try:
+        info = running.info
+        settings = write_sim_settings(
+            info, running.state_dir / "wxrecon.toml", data_dir=data_dir or running.state_dir / "recon"
+        )
+        try:
+            load_settings(settings)
+        except SettingsError as exc:  # the environment's WXRECON_* settings beat the file's
+            console.print(f"[yellow]{settings} does not load in this environment:[/yellow] {exc}", soft_wrap=True)
+        info["settings"] = str(settings)
+        print(json.dumps(info, indent=2), flush=True)
+        console.print(_sim_next_steps(info), soft_wrap=True, highlight=False)
+    except BaseException:
+        running.stop()
+        raise
+    running.wait()
+
+
+def _sim_next_steps(info: dict) -> str:
+    """What to run next against the simulator, with its real URL, paths and day."""
+    settings, url = info["settings"], info["base_url"]
+    business = info.get("business")
+    lines = [f"WeChat Pay simulator on {url}; settings for it in {settings}"]
+    if business:
+        day = business["day"]
+        lines.append(
+            f"day of business {day}: {business['paid']} paid (+{business['paid_after_midnight']} after midnight),"
+            f" {business['unpaid']} unpaid, {business['closed']} closed; callbacks to {business['notify_url']}"
+        )
+    else:
+        day = "YYYY-MM-DD"
+    initiator = next(m["mchid"] for m in info["merchants"] if m["combine_initiator"])
+    lines += [
+        "next:",
+        f"  wxrecon receiver --config {settings}    # the notify_url: http://127.0.0.1:8080/wxpay/notify/{initiator}",
+    ]
+    if not business:
+        lines.append(f"  python -m wxpay.sim business --url {url} --day {day} --out {info['business_root']}/{day}")
+    lines.append(f"  wxrecon run --date {day} --config {settings}")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -234,7 +234,7 @@ def notification_keys(settings: Settings) -> dict[str, MerchantKeys]:
                 client.refresh_certificates()
                 for serial, key in client.verifier.public_keys().items():
                     public.setdefault(serial, public_key_pem(key))
-        keys[merchant.mchid] = MerchantKeys(merchant.api_v3_key.get_secret_value(), public)
+        keys[merchant.mchid] = MerchantKeys(merchant.api_v3_key_value(), public)
     return keys
 
 

@@ -7,7 +7,8 @@ with ``__``: ``WXRECON_ALERTS__MAX_COUNT=3``), then one TOML file (``--config``,
 
 Secrets (merchant private keys, APIv3 keys, alert URLs with tokens) are ``SecretStr``: they
 never show in a repr, a log line or an error. A secret may also be given as
-``prefect-secret:<block name>``: it is then read from that Prefect Secret block at start.
+``prefect-secret:<block name>``: it is then read from that Prefect Secret block at start. Keys may also
+be given as files (``private_key_file``; ``api_v3_key_file``, which is read and checked at start).
 A missing or malformed setting fails at start with :class:`SettingsError` naming the setting
 (as its TOML key and environment variable), never echoing its value.
 """
@@ -21,7 +22,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from flows.sources import LocalOrdersSource, LocalRefundsSource
@@ -32,6 +42,7 @@ ENV_PREFIX = "WXRECON_"
 CONFIG_ENV = "WXRECON_CONFIG"
 DEFAULT_CONFIG = Path("wxrecon.toml")
 SECRET_BLOCK = "prefect-secret:"  # noqa: S105 - a prefix, not a password
+APIV3_KEY_LENGTH = 32
 
 
 class SettingsError(ValueError):
@@ -52,6 +63,23 @@ def _resolve_secret(value: Any) -> Any:
     return value
 
 
+def read_api_v3_key_file(path: Path) -> SecretStr:
+    """The APIv3 key held in ``path`` (surrounding whitespace stripped); errors name the file, never its content."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"api_v3_key_file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"api_v3_key_file {path} cannot be read ({type(exc).__name__})") from None
+    size = len(text.encode("utf-8"))
+    if size != APIV3_KEY_LENGTH:
+        raise ValueError(
+            f"api_v3_key_file {path} must hold the APIv3 key of exactly {APIV3_KEY_LENGTH} characters"
+            f" (it holds {size} bytes after stripping whitespace)"
+        )
+    return SecretStr(text)
+
+
 class MerchantConfig(BaseModel):
     """One merchant id and its credentials."""
 
@@ -62,12 +90,14 @@ class MerchantConfig(BaseModel):
     merchant_serial_no: str = Field(pattern=r"^[0-9A-Fa-f]{8,64}$")
     private_key_file: Path | None = None
     private_key: SecretStr | None = None  # the PEM itself, e.g. from a Prefect Secret block
-    api_v3_key: SecretStr
+    api_v3_key: SecretStr | None = None
+    api_v3_key_file: Path | None = None  # a file holding the key (surrounding whitespace is ignored)
     wechatpay_public_key_id: str | None = None
     wechatpay_public_key_file: Path | None = None
     platform_certificates: bool = False
     receives_notifications: bool = False  # a combine initiator: its notify_url receiver verifies callbacks
     contracted_fee_rate: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?%$")
+    _api_v3_key_read: SecretStr | None = PrivateAttr(default=None)  # what api_v3_key_file held at load
 
     @field_validator("private_key", "api_v3_key", mode="before")
     @classmethod
@@ -76,15 +106,26 @@ class MerchantConfig(BaseModel):
 
     @field_validator("api_v3_key")
     @classmethod
-    def _apiv3_length(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value().encode("utf-8")) != 32:
-            raise ValueError("the APIv3 key must be exactly 32 characters")
+    def _apiv3_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode("utf-8")) != APIV3_KEY_LENGTH:
+            raise ValueError(f"the APIv3 key must be exactly {APIV3_KEY_LENGTH} characters")
+        return value
+
+    @field_validator("api_v3_key_file")
+    @classmethod
+    def _apiv3_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_api_v3_key_file(value)
         return value
 
     @model_validator(mode="after")
     def _complete(self) -> MerchantConfig:
         if (self.private_key_file is None) == (self.private_key is None):
             raise ValueError("give exactly one of private_key_file and private_key")
+        if (self.api_v3_key_file is None) == (self.api_v3_key is None):
+            raise ValueError("give exactly one of api_v3_key and api_v3_key_file")
+        if self.api_v3_key_file is not None:
+            self._api_v3_key_read = read_api_v3_key_file(self.api_v3_key_file)
         if self.private_key_file is not None and not self.private_key_file.is_file():
             raise ValueError(f"private_key_file {self.private_key_file} does not exist")
         if not self.platform_certificates:
@@ -104,6 +145,12 @@ class MerchantConfig(BaseModel):
         assert self.private_key_file is not None
         return self.private_key_file.read_bytes()
 
+    def api_v3_key_value(self) -> str:
+        """The APIv3 key, whichever way it was given (``api_v3_key`` or ``api_v3_key_file``, read at load)."""
+        secret = self.api_v3_key if self.api_v3_key is not None else self._api_v3_key_read
+        assert secret is not None  # _complete guarantees one of the two
+        return secret.get_secret_value()
+
     def public_keys(self) -> dict[str, bytes]:
         """Serial → PEM of the WeChat Pay keys this merchant verifies with (public-key mode)."""
         if self.wechatpay_public_key_id and self.wechatpay_public_key_file:
@@ -119,7 +166,7 @@ class MerchantConfig(BaseModel):
             "mchid": self.mchid,
             "serial_no": self.merchant_serial_no,
             "private_key": self.private_key_pem(),
-            "api_v3_key": self.api_v3_key.get_secret_value(),
+            "api_v3_key": self.api_v3_key_value(),
             "base_url": base_url,
         }
         if self.platform_certificates:

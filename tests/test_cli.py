@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from time_machine import escape_hatch
 from typer.testing import CliRunner
 
 from flows.cli import EXIT_EXCEPTIONS, EXIT_SETTINGS, app
+from flows.report import exceptions_of_day
+from flows.settings import load_settings
+from wxpay.models import BEIJING
 
 pytestmark = pytest.mark.slow  # notebook kernels, the demo, subprocesses
 
@@ -51,3 +63,141 @@ def test_report_of_the_demo_warehouse(tmp_path, monkeypatch):
     never = runner.invoke(app, ["report", "--date", date(2020, 1, 1).isoformat()])
     assert never.exit_code == 2
     assert "has not been reconciled" in never.output
+
+
+# --- from the simulator to a first night: the commands a new user runs, as subprocesses ---------------
+
+
+def real_beijing_now() -> datetime:
+    """The real moment (subprocesses run on the real clock; this process's clock was moved)."""
+    return datetime.fromtimestamp(escape_hatch.time.time(), BEIJING).replace(microsecond=0)
+
+
+def command(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment without settings of its own: only the files under test configure the subprocesses."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("WXRECON_")}
+
+
+@contextmanager
+def wxrecon_sim(state: Path, *options: str) -> Iterator[dict]:
+    """``wxrecon sim`` on a free port until the test is done; yields what it printed (its simulator.json + settings)."""
+    errors = state.with_name(state.name + ".stderr")
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(
+            [command("wxrecon"), "sim", "--port", "0", "--state-dir", str(state), *options],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=subprocess_env(),
+        )
+    try:
+        printed = []
+        for line in process.stdout:  # the pipe is the start barrier: the JSON ends with a lone "}"
+            printed.append(line)
+            if line.rstrip() == "}":
+                break
+        assert printed[-1:] == ["}\n"], "".join(printed) + errors.read_text()
+        yield json.loads("".join(printed))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0, errors.read_text()  # SIGTERM stops it cleanly
+
+
+def wxrecon_run(day: date, settings: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [command("wxrecon"), "run", "--date", day.isoformat(), "--config", str(settings)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env=subprocess_env(),
+    )
+
+
+def test_wxrecon_sim_with_a_business_day_is_ready_for_wxrecon_run(tmp_path):
+    now = real_beijing_now()
+    day = now.date() - timedelta(days=1)
+    dead = "http://127.0.0.1:9/wxpay/notify/1900000100"  # nobody receives: WeChat Pay keeps retrying
+    with wxrecon_sim(
+        tmp_path / "sim", "--start", now.isoformat(), "--business-day", day.isoformat(), "--notify-url", dead
+    ) as info:
+        settings = load_settings(Path(info["settings"]))
+        assert settings.api_base_url == info["base_url"]
+        assert [m.receives_notifications for m in settings.merchants] == [True, False, False]
+        for merchant in settings.merchants:
+            folder = tmp_path / "sim" / "merchants" / merchant.mchid
+            assert merchant.api_v3_key is None
+            assert merchant.api_v3_key_value() == (folder / "apiv3_key.txt").read_text()
+            assert merchant.private_key_file == folder / "apiclient_key.pem"
+        business = info["business"]
+        assert business["day"] == day.isoformat()
+        assert (business["paid"], business["unpaid"], business["closed"], business["paid_after_midnight"]) == (
+            30,
+            4,
+            2,
+            1,
+        )
+        assert settings.local_orders is not None
+        assert Path(business["orders"]).is_file()
+        assert datetime.fromisoformat(info["clock"]) >= datetime.combine(
+            day + timedelta(days=1), datetime.min.time(), BEIJING
+        ) + timedelta(hours=10)
+
+        run = wxrecon_run(day, Path(info["settings"]))
+    assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
+    assert "INTEGRITY" not in run.stdout
+    assert "LATE" not in run.stdout
+    exceptions = exceptions_of_day(settings.warehouse_path, day)
+    # the bills and the shop's records agree to the fen; only the callbacks never arrived
+    assert {e["class"] for e in exceptions} == {"notification_missing"}
+    assert len(exceptions) == business["paid"]
+
+
+def test_a_first_night_on_the_simulator_finds_nothing_wrong(tmp_path):
+    """sim → receiver → a day of business (python -m wxpay.sim business) → wxrecon run: exit 0."""
+    day = real_beijing_now().date() - timedelta(days=1)
+    with wxrecon_sim(tmp_path / "sim") as info, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        receiver = subprocess.Popen(
+            [command("wxrecon"), "receiver", "--config", info["settings"], "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )
+        try:
+            for line in receiver.stderr:  # uvicorn says when it listens
+                if "Uvicorn running on" in line:
+                    break
+            initiator = next(m["mchid"] for m in info["merchants"] if m["combine_initiator"])
+            out = Path(info["business_root"]) / day.isoformat()
+            business = subprocess.run(
+                [
+                    *(sys.executable, "-m", "wxpay.sim", "business", "--url", info["base_url"]),
+                    *("--day", day.isoformat(), "--out", str(out)),
+                    *("--notify-url", f"http://127.0.0.1:{port}/wxpay/notify/{initiator}"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                env=subprocess_env(),
+            )
+            assert business.returncode == 0, business.stderr
+            assert json.loads(business.stdout)["paid"] == 30
+            run = wxrecon_run(day, Path(info["settings"]))
+        finally:
+            receiver.terminate()
+            receiver.wait(timeout=30)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"{day}: 0 exceptions" in run.stdout
+    settings = load_settings(Path(info["settings"]))
+    assert exceptions_of_day(settings.warehouse_path, day) == []
+    assert any(settings.notification_root.rglob("*.jsonl"))

@@ -6,9 +6,7 @@ import pytest
 
 from flows.demo import INJECTED, prepare, run_demo
 
-pytestmark = pytest.mark.slow  # notebook kernels, the demo, subprocesses
-
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def test_the_demo_finds_exactly_what_it_injects(tmp_path):

@@ -22,14 +22,17 @@ def toml(tmp_path, body: str):
     return path
 
 
-def merchant_toml(folder, merchant, api_v3_key=API_V3_KEY) -> str:
+def merchant_toml(folder, merchant, api_v3_key=API_V3_KEY, api_v3_key_file=None) -> str:
+    keys = [f'api_v3_key = "{api_v3_key}"'] if api_v3_key is not None else []
+    keys += [f'api_v3_key_file = "{api_v3_key_file}"'] if api_v3_key_file is not None else []
+    newline = "\n"
     return f"""
 [[merchants]]
 mchid = "{merchant.mchid}"
 appid = "{merchant.appid}"
 merchant_serial_no = "{merchant.merchant_serial}"
 private_key_file = "{folder / "apiclient_key.pem"}"
-api_v3_key = "{api_v3_key}"
+{newline.join(keys)}
 wechatpay_public_key_id = "{merchant.public_key_id}"
 wechatpay_public_key_file = "{folder / "wechatpay_public_key.pem"}"
 receives_notifications = true
@@ -108,6 +111,71 @@ def test_one_mchid_once(tmp_path, files):
     path = toml(tmp_path, merchant_toml(folder, merchant) * 2)
     with pytest.raises(SettingsError, match="appears twice"):
         load_settings(path)
+
+
+def test_the_apiv3_key_can_come_from_a_file(tmp_path, files):
+    folder, merchant = files
+    key_file = tmp_path / "apiv3_key.txt"
+    key_file.write_text(f"  {API_V3_KEY}\n\n")  # as an editor or `echo` leaves it
+    settings = load_settings(toml(tmp_path, merchant_toml(folder, merchant, api_v3_key=None, api_v3_key_file=key_file)))
+    config = settings.merchants[0]
+    assert config.api_v3_key is None
+    assert config.api_v3_key_value() == API_V3_KEY
+    assert API_V3_KEY not in repr(settings) + str(describe(settings))
+    key_file.write_text("changed after start" * 2)  # read once, at start
+    assert config.api_v3_key_value() == API_V3_KEY
+    with config.client("https://api.mch.weixin.qq.com") as client:
+        assert client.mchid == merchant.mchid
+
+
+def test_an_inline_apiv3_key_reads_the_same(tmp_path, files):
+    folder, merchant = files
+    settings = load_settings(toml(tmp_path, merchant_toml(folder, merchant)))
+    assert settings.merchants[0].api_v3_key_value() == API_V3_KEY
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, r"merchants\.0\.api_v3_key_file .*: .*apiv3_key\.txt does not exist"),
+        (API_V3_KEY + "X", r"merchants\.0\.api_v3_key_file .*: .*exactly 32 characters \(it holds 33 bytes"),
+        (API_V3_KEY[:-1] + "\n", r"merchants\.0\.api_v3_key_file .*: .*exactly 32 characters \(it holds 31 bytes"),
+        (
+            b"\xff" + API_V3_KEY[1:].encode(),
+            r"merchants\.0\.api_v3_key_file .*: .*cannot be read \(UnicodeDecodeError\)",
+        ),
+        ("directory", r"merchants\.0\.api_v3_key_file .*: .*cannot be read \(IsADirectoryError\)"),
+    ],
+    ids=["missing", "too-long", "too-short", "not-text", "a-directory"],
+)
+def test_a_bad_apiv3_key_file_is_named_and_never_shown(tmp_path, files, content, problem):
+    folder, merchant = files
+    key_file = tmp_path / "apiv3_key.txt"
+    if content == "directory":
+        key_file.mkdir()
+    elif isinstance(content, bytes):
+        key_file.write_bytes(content)
+    elif content is not None:
+        key_file.write_text(content)
+    path = toml(tmp_path, merchant_toml(folder, merchant, api_v3_key=None, api_v3_key_file=key_file))
+    with pytest.raises(SettingsError, match=problem) as info:
+        load_settings(path)
+    assert API_V3_KEY[1:-1] not in str(info.value)
+
+
+@pytest.mark.parametrize(("inline", "in_file"), [(True, True), (False, False)], ids=["both", "neither"])
+def test_exactly_one_way_to_give_the_apiv3_key(tmp_path, files, inline, in_file):
+    folder, merchant = files
+    key_file = tmp_path / "apiv3_key.txt"
+    key_file.write_text(API_V3_KEY)
+    body = merchant_toml(
+        folder, merchant, api_v3_key=API_V3_KEY if inline else None, api_v3_key_file=key_file if in_file else None
+    )
+    with pytest.raises(
+        SettingsError, match=r"merchants\.0 .*give exactly one of api_v3_key and api_v3_key_file"
+    ) as info:
+        load_settings(toml(tmp_path, body))
+    assert API_V3_KEY not in str(info.value)
 
 
 def test_env_example_lists_every_setting():

@@ -6,9 +6,22 @@ object on 127.0.0.1 for integration tests, notebooks and the demo
 (``python -m wxpay.sim``).
 """
 
+from wxpay.sim.business import BusinessDay, create_business_day
 from wxpay.sim.clock import VirtualClock
 from wxpay.sim.keys import SimMerchant, new_merchant
+from wxpay.sim.records import MerchantBook
 from wxpay.sim.server import BackgroundServer, serve
 from wxpay.sim.simulator import SimOptions, Simulator
 
-__all__ = ["BackgroundServer", "SimMerchant", "SimOptions", "Simulator", "VirtualClock", "new_merchant", "serve"]
+__all__ = [
+    "BackgroundServer",
+    "BusinessDay",
+    "MerchantBook",
+    "SimMerchant",
+    "SimOptions",
+    "Simulator",
+    "VirtualClock",
+    "create_business_day",
+    "new_merchant",
+    "serve",
+]

@@ -1,8 +1,9 @@
 """The simulator-only admin calls over HTTP: unsigned JSON endpoints under ``/sim/``.
 
 Each call is one :class:`~wxpay.sim.simulator.Simulator` method (a payer paying, a refund, the business
-clock, faults, deliveries, merchants, publishing a bill file) with a JSON body in and a JSON answer out.
-A missing or malformed field is a 400 ``PARAM_ERROR``; an unknown call is a 404 ``NOT_FOUND``.
+clock, faults, deliveries, merchants, publishing a bill file) or one function of the simulator's own
+(a day of business, :mod:`wxpay.sim.business`) with a JSON body in and a JSON answer out. A missing or
+malformed field is a 400 ``PARAM_ERROR``; an unknown call is a 404 ``NOT_FOUND``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from wxpay.errors import ApiError, RequestValidationError, WxPayError
 from wxpay.models import format_rfc3339
+from wxpay.sim.business import create_business_day
 from wxpay.sim.keys import public_pem
 from wxpay.sim.state import SimApiError
 
@@ -100,6 +103,27 @@ def _publish_bill(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _business(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
+    """A day of business through the signed API; an error of that API is answered as this call's error."""
+    try:
+        business = create_business_day(
+            sim,
+            date.fromisoformat(body["day"]),
+            orders=int(body.get("orders", 36)),
+            seed=int(body.get("seed", 0)),
+            notify_url=body.get("notify_url"),
+            combine_mchid=body.get("combine_mchid"),
+        )
+    except (SimApiError, RequestValidationError):  # the latter: a PARAM_ERROR (a bad notify_url, say)
+        raise
+    except ApiError as exc:
+        code = exc.code or "SYSTEM_ERROR"
+        raise SimApiError(exc.status, code, f"the day of business stopped: {exc.message}") from None
+    except WxPayError as exc:
+        raise SimApiError(500, "SYSTEM_ERROR", f"the day of business stopped: {type(exc).__name__}: {exc}") from None
+    return business.to_json()
+
+
 def _merchants(sim: Simulator, body: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
@@ -125,4 +149,5 @@ _CALLS: list[tuple[str, re.Pattern[str], Callable[[Simulator, dict[str, Any]], A
     ("POST", re.compile(r"/sim/deliver"), _deliver),
     ("GET", re.compile(r"/sim/merchants"), _merchants),
     ("POST", re.compile(r"/sim/bills/publish"), _publish_bill),
+    ("POST", re.compile(r"/sim/business"), _business),
 ]

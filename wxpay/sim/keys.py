@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,19 +113,21 @@ class SimMerchant:
         """A verifier holding what this merchant downloaded from the portal (public-key mode)."""
         return Verifier.from_public_key(self.public_key_id, public_pem(self.platform_keys[0].key), **kw)
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`wxpay.Client` acting as this merchant."""
+    def client_kwargs(self, *, clock: Callable[[], float] | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`wxpay.Client` acting as this merchant; ``clock`` (Unix seconds) signs
+        requests and judges answers' timestamps (default: the client's, the wall clock)."""
         kw: dict[str, Any] = {
             "mchid": self.mchid,
             "serial_no": self.merchant_serial,
             "private_key": self.merchant_key,
             "api_v3_key": self.api_v3_key,
         }
+        timing = {} if clock is None else {"clock": clock}
         if self.mode == "public_key":
-            kw["verifier"] = self.verifier()
+            kw["verifier"] = self.verifier(**timing)
         else:
             kw["certificates"] = True
-        return kw
+        return kw | timing
 
     def export(self, directory: str | Path) -> Path:
         """Write the merchant's credentials as a real merchant would hold them (test material only)."""
