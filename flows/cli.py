@@ -47,6 +47,12 @@ app = typer.Typer(
 )
 console = Console()
 
+
+@app.callback()
+def _before_any_command() -> None:
+    _quiet_prefect()
+
+
 EXIT_OK, EXIT_EXCEPTIONS, EXIT_USAGE = ExitCode.OK, ExitCode.EXCEPTIONS, ExitCode.USAGE
 EXIT_SETTINGS, EXIT_BUSY = ExitCode.CONFIGURATION, ExitCode.BUSY
 
@@ -85,21 +91,23 @@ def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from flows.nightly import BillDateError
-        from flows.outcome import classify
-        from flows.warehouse import RunInProgress, WarehouseBusy
-
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.BadParameter, KeyboardInterrupt):
             raise
-        except (RunInProgress, WarehouseBusy) as exc:
-            console.print(f"[red]busy:[/red] {_one_line(exc)}", highlight=False)
-            raise typer.Exit(EXIT_BUSY) from None
-        except BillDateError as exc:
-            console.print(f"[red]{_one_line(exc)}[/red]", highlight=False)
-            raise typer.Exit(EXIT_USAGE) from None
         except Exception as exc:
+            # imported here: importing Prefect before _quiet_prefect() has set its environment would fix
+            # its logging to what the environment said then
+            from flows.nightly import BillDateError
+            from flows.outcome import classify
+            from flows.warehouse import RunInProgress, WarehouseBusy
+
+            if isinstance(exc, RunInProgress | WarehouseBusy):
+                console.print(f"[red]busy:[/red] {_one_line(exc)}", highlight=False)
+                raise typer.Exit(EXIT_BUSY) from None
+            if isinstance(exc, BillDateError):
+                console.print(f"[red]{_one_line(exc)}[/red]", highlight=False)
+                raise typer.Exit(EXIT_USAGE) from None
             kind = classify(exc)
             console.print(f"[red]{kind.value}:[/red] {type(exc).__name__}: {_one_line(exc)}", highlight=False)
             raise typer.Exit(ExitCode[kind.name]) from None
@@ -156,7 +164,7 @@ def _print_outcome(outcome) -> None:
             for problem in problems:
                 console.print(f"  {problem}", overflow="fold", highlight=False)
     if outcome.alert is not None:
-        state = "sent" if outcome.alert_sent else "NOT sent"
+        state = "sent" if outcome.alert_sent else "NOT sent" if outcome.of(Kind.ALERT) else "not sent (no alerts.urls)"
         console.print(f"alert {state}: {outcome.alert.title}", overflow="fold", highlight=False)
 
 
@@ -344,6 +352,7 @@ def receiver(
     console.print(
         f"notify_url: {server.url}/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it)",
         highlight=False,
+        soft_wrap=True,
     )
     server.run()
 

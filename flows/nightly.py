@@ -284,7 +284,7 @@ def recon_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: da
         result.window_start,
         len(settings.mchids),
         classes.get("matched", 0),
-        result.exceptions - classes.get("matched", 0),
+        result.exceptions,
         classes.get("pending", 0),
         opened,
         closed,

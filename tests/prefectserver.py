@@ -40,7 +40,6 @@ class PrefectServer:
             PREFECT_HOME=str(self.home),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             DO_NOT_TRACK="1",
-            PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="INFO",
         )
         env.update(extra)
         return env
