@@ -3,7 +3,7 @@
 Exit codes (so a scheduler or a shell script can tell what a run found) are :class:`flows.outcome.ExitCode`,
 listed by ``wxrecon --help``. Every command that opens the warehouse says "busy" the same way when another
 run or a reader holds it: one line, exit 5. Runs log to the Prefect server when one is configured
-(``PREFECT_API_URL``); the console shows only warnings and the command's own output.
+(``PREFECT_API_URL``); the console shows the command's own output.
 """
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="setti
 
 def _quiet_prefect() -> None:
     """Offline-friendly Prefect defaults, unless the user chose otherwise (shared/notes/runtime.md §2): the
-    console shows warnings only, while the run's INFO logs still go to the Prefect server."""
+    console shows the command's own output (which names every problem), while the run's logs, INFO and up,
+    still go to the Prefect server. ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO`` shows them here too."""
     for name, value in (
         ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
         ("DO_NOT_TRACK", "1"),
         ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"),
-        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING"),
+        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL"),
     ):
         os.environ.setdefault(name, value)
 
@@ -103,13 +104,14 @@ def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
             from flows.warehouse import RunInProgress, WarehouseBusy
 
             if isinstance(exc, RunInProgress | WarehouseBusy):
-                console.print(f"[red]busy:[/red] {_one_line(exc)}", highlight=False)
+                console.print(f"[red]busy:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(EXIT_BUSY) from None
             if isinstance(exc, BillDateError):
-                console.print(f"[red]{_one_line(exc)}[/red]", highlight=False)
+                console.print(f"[red]{_one_line(exc)}[/red]", highlight=False, soft_wrap=True)
                 raise typer.Exit(EXIT_USAGE) from None
             kind = classify(exc)
-            console.print(f"[red]{kind.value}:[/red] {type(exc).__name__}: {_one_line(exc)}", highlight=False)
+            message = f"[red]{kind.value}:[/red] {type(exc).__name__}: {_one_line(exc)}"
+            console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(ExitCode[kind.name]) from None
 
     return run
@@ -279,7 +281,8 @@ def report(
     from flows.report import control_totals, exceptions_of_day, summary_of_day
 
     bill_date = _date(day) if day else yesterday()
-    summary = summary_of_day(settings.warehouse_path, bill_date)
+    wait = settings.warehouse_wait_seconds
+    summary = summary_of_day(settings.warehouse_path, bill_date, wait=wait)
     if not summary:
         console.print(
             f"{bill_date} has not been reconciled (no items in {settings.warehouse_path}):"
@@ -306,7 +309,7 @@ def report(
     totals = Table(title="Control totals (the bill's summary line vs its rows vs your records)")
     for column in ("merchant", "rows", "summary", "detail", "local paid", "bill-local"):
         totals.add_column(column, justify="left" if column == "merchant" else "right", no_wrap=column == "merchant")
-    for row in control_totals(settings.warehouse_path, bill_date):
+    for row in control_totals(settings.warehouse_path, bill_date, wait=wait):
         totals.add_row(
             row["mchid"],
             f"{row['summary_rows']}/{row['detail_rows']}",
@@ -316,7 +319,9 @@ def report(
             fmt_yuan(row["bill_minus_local_fen"], empty="-"),
         )
     console.print(totals)
-    exceptions = [r for r in exceptions_of_day(settings.warehouse_path, bill_date) if r["state"] != "pending"]
+    exceptions = [
+        r for r in exceptions_of_day(settings.warehouse_path, bill_date, wait=wait) if r["state"] != "pending"
+    ]
     if exceptions:
         _print_exceptions(exceptions, "Exceptions (most at stake first)")
     raise typer.Exit(EXIT_EXCEPTIONS if exceptions else EXIT_OK)

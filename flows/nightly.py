@@ -393,7 +393,9 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
-        con = open_warehouse(settings.warehouse_path, memory_limit=settings.memory_limit)
+        con = open_warehouse(
+            settings.warehouse_path, memory_limit=settings.memory_limit, wait=settings.warehouse_wait_seconds
+        )
         try:
             _step("fetch and load bills")
             _fetch_and_load(con, settings, bill_date, refetch, now, outcome)

@@ -9,8 +9,8 @@ from typing import Any
 from flows.warehouse import open_warehouse
 
 
-def _rows(warehouse: Path, sql: str, args: list[Any]) -> list[dict[str, Any]]:
-    con = open_warehouse(warehouse, read_only=True, wait=30)
+def _rows(warehouse: Path, sql: str, args: list[Any], wait: float = 30.0) -> list[dict[str, Any]]:
+    con = open_warehouse(warehouse, read_only=True, wait=wait)
     try:
         cursor = con.execute(sql, args)
         names = [d[0] for d in cursor.description]
@@ -19,7 +19,7 @@ def _rows(warehouse: Path, sql: str, args: list[Any]) -> list[dict[str, Any]]:
         con.close()
 
 
-def exceptions_of_day(warehouse: Path, day: date) -> list[dict[str, Any]]:
+def exceptions_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
     """The day's exception items (pending ones included), most money at stake first."""
     return _rows(
         warehouse,
@@ -28,24 +28,27 @@ def exceptions_of_day(warehouse: Path, day: date) -> list[dict[str, Any]]:
         " from marts.mart_recon_items where recon_date = ? and class <> 'matched'"
         " order by exposure_fen desc, mchid, item_key",
         [day],
+        wait,
     )
 
 
-def summary_of_day(warehouse: Path, day: date) -> list[dict[str, Any]]:
+def summary_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
     """Per merchant and class: items and fen sums (matched included)."""
     return _rows(
         warehouse,
         "select mchid, item_kind, class, state, items, bill_fen, local_fen, abs_diff_fen, exposure_fen"
         " from marts.mart_daily_summary where recon_date = ? order by mchid, item_kind, class",
         [day],
+        wait,
     )
 
 
-def control_totals(warehouse: Path, day: date) -> list[dict[str, Any]]:
+def control_totals(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
     return _rows(
         warehouse,
         "select mchid, summary_rows, detail_rows, summary_order_fen, detail_order_fen, local_paid_fen,"
         " summary_minus_detail_fen, bill_minus_local_fen from marts.mart_control_totals where bill_date = ?"
         " order by mchid",
         [day],
+        wait,
     )

@@ -232,6 +232,7 @@ class Settings(BaseSettings):
     warehouse: Path | None = None  # default <data_dir>/warehouse.duckdb
     archive: Path | None = None  # default <data_dir>/archive
     notification_log: Path | None = None  # default <data_dir>/notifications
+    warehouse_wait_seconds: float = Field(default=120.0, ge=0)  # how long a command waits for a busy warehouse
     memory_limit: str = Field(default="2GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
     pending_days: int = Field(default=2, ge=0, le=31)
     tolerance_fen: int = Field(default=0, ge=0)

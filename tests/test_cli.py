@@ -171,3 +171,40 @@ def test_wxrecon_sim_with_a_business_day_is_ready_for_wxrecon_run(tmp_path):
     # the bills and the shop's records agree to the fen; only the callbacks never arrived
     assert {e["class"] for e in exceptions} == {"notification_missing"}
     assert len(exceptions) == business["paid"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_busy_warehouse_is_one_line_and_exit_5_for_every_command(tmp_path, monkeypatch):
+    """Another process holds the warehouse file (a run writing): report, run and backfill say so the same way."""
+    data = tmp_path / "var"
+    data.mkdir()
+    path = data / "warehouse.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, duckdb; con = duckdb.connect({str(path)!r}); print('held', flush=True);"
+         " sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = tmp_path / "wxrecon.toml"
+        config.write_text(f'data_dir = "{data}"\nwarehouse_wait_seconds = 0.5\n' + merchant_toml(tmp_path))
+        day = (date.today() - timedelta(days=2)).isoformat()  # a day that is over, on this run's clock
+        for args in (["report", "--date", day], ["run", "--date", day], ["backfill", "--start", day, "--end", day]):
+            result = runner.invoke(app, [*args, "--config", str(config)])
+            assert result.exit_code == 5, (args, result.output)
+            lines = [line for line in result.output.splitlines() if line.strip()]
+            assert len(lines) == 1, result.output
+            assert lines[0].startswith("busy:")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def merchant_toml(folder: Path) -> str:
+    """One merchant whose key files exist (settings check that much; nothing here talks to WeChat Pay)."""
+    (folder / "key.pem").write_text("not read here")
+    return (
+        '[[merchants]]\nmchid = "1900000100"\nappid = "wx1"\nmerchant_serial_no = "ABCDEF12"\n'
+        f'private_key_file = "{folder / "key.pem"}"\napi_v3_key = "{"k" * 32}"\n'
+        f'wechatpay_public_key_id = "PUB_KEY_ID_0100"\nwechatpay_public_key_file = "{folder / "key.pem"}"\n'
+    )
