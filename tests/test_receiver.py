@@ -671,3 +671,54 @@ def test_the_health_of_the_receiver_is_shown_to_loopback_only(harness):
     assert outside.status_code == 404
     [record] = harness.records()
     assert (record.peer, record.path, record.mchid) == ("203.0.113.9", "/wxpay/notify/_health", UNROUTED)
+
+
+def signed_callbacks(harness, count: int) -> list[tuple[dict[str, str], bytes]]:
+    """``count`` genuine callbacks (distinct ids) for the initiator, as WeChat Pay would send them."""
+    delivery = harness.pay("C20261126001", deliver=False)
+    template = json.loads(delivery.body)
+    signed = []
+    for i in range(count):
+        body = json.dumps({**template, "id": f"{template['id'][:-4]}{i:04d}"}, separators=(",", ":")).encode()
+        signed.append(harness.sim.signed_headers(harness.initiator, body))
+    return signed
+
+
+@pytest.mark.parametrize("slow", [200])
+def test_slow_connections_cannot_starve_valid_callbacks_and_are_closed_after_the_head_timeout(harness, slow):
+    import selectors
+
+    harness.start(limits=ReceiverLimits(max_connections=slow // 2, head_timeout=2.0))
+    valid = signed_callbacks(harness, 3)
+    host, port = harness.server.url.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(slow):  # twice the cap: each sends half a request head and nothing more
+        conn = socket.create_connection((host, int(port)), timeout=10)
+        conn.sendall(f"POST /wxpay/notify/{INITIATOR} HTTP/1.1\r\nHost: x\r\n".encode())
+        sockets.append(conn)
+
+    url = f"{harness.server.url}/wxpay/notify/{INITIATOR}"
+    for headers, body in valid:  # WeChat Pay's budget: answered within 5 s, or it counts as a failure
+        assert httpx.post(url, content=body, headers=headers, timeout=5).status_code == 204
+    assert outcomes(harness.entries()) == ["accepted"] * 3
+
+    selector = selectors.DefaultSelector()
+    for conn in sockets:
+        selector.register(conn, selectors.EVENT_READ)
+    closed = 0
+    while closed < slow:  # every slow connection is closed by the server: evicted, or at its head deadline
+        events = selector.select(timeout=10)
+        assert events, f"{slow - closed} slow connections still open"
+        for key, _ in events:
+            try:
+                data = key.fileobj.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+            closed += 1
+    counters = harness.counters
+    assert counters["connections_evicted"] + counters["head_timeouts"] == slow
+    assert counters["connections_evicted"] >= slow // 2  # the first half made room for the second
+    assert counters["head_timeouts"] > 0
