@@ -30,9 +30,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("flows.notifications.receiver")
 
-FD_RESERVE = 128
-"""Descriptors kept for everything that is not a client connection (the listening socket, log and lock
-files, worker threads, the event loop's own)."""
+FD_RESERVE = 256
+"""Descriptors kept for what is not an admitted client connection: connections accepted but not yet admitted
+(a few accept batches, :data:`flows.notifications.server.ACCEPT_BATCH`), the log and lock files the worker
+threads hold while writing, the listening socket, the event loop's own."""
 
 
 def raise_fd_limit(target: int = 1 << 20) -> int:

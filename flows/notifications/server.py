@@ -1,7 +1,12 @@
 """Serving the receiver over HTTP with uvicorn: in a background thread (the demo, tests) or in the foreground
 (``wxrecon receiver``), with the bounds of :class:`~flows.notifications.limits.ReceiverLimits`: a connection
-cap and head deadline (:mod:`flows.notifications.connections`), uvicorn's keep-alive timeout, backlog and
-``limit_concurrency`` (one above the cap: a backstop that answers 503 should the cap ever be passed)."""
+cap and head deadline (:mod:`flows.notifications.connections`), uvicorn's keep-alive timeout, the kernel's
+backlog and ``limit_concurrency`` (one above the cap: a backstop that answers 503 should the cap be passed).
+
+asyncio accepts as many queued connections per wake-up as the backlog it was given, before any of them is
+admitted (and the cap enforced); so uvicorn is given :data:`ACCEPT_BATCH` and the socket listens with the
+full backlog again once it serves: a burst of connections overshoots the cap by a few batches at most,
+which :data:`~flows.notifications.connections.FD_RESERVE` leaves room for."""
 
 from __future__ import annotations
 
@@ -15,6 +20,22 @@ import uvicorn
 
 from flows.notifications.connections import ConnectionGuard, GuardedH11Protocol, connection_cap
 from flows.notifications.limits import ReceiverLimits
+
+ACCEPT_BATCH = 32
+"""Connections asyncio accepts per wake-up of the listening socket."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, listening with the full backlog once it serves (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, backlog: int):
+        super().__init__(config)
+        self.kernel_backlog = backlog
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            sock.listen(self.kernel_backlog)
 
 
 class ReceiverServer:
@@ -55,10 +76,10 @@ class ReceiverServer:
             http=functools.partial(GuardedH11Protocol, guard=self.guard),  # type: ignore[arg-type]
             limit_concurrency=self.max_connections + 1,
             timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]
-            backlog=limits.backlog,
+            backlog=min(ACCEPT_BATCH, limits.backlog),
             proxy_headers=False,  # the app decides whom to believe (ReceiverLimits.trusted_proxies)
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config, limits.backlog)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
 
     @property
