@@ -75,7 +75,6 @@ logger = logging.getLogger(__name__)
 
 NOTIFY_PATH = "/wxpay/notify"
 HEALTH_PATH = NOTIFY_PATH + "/_health"
-MAX_BODY = ReceiverLimits.max_body
 Hook = Callable[[CombinePaymentNotification], Any]
 
 
@@ -223,7 +222,7 @@ class _Receiver:
             refusal = body.refusal
         if refusal is not None:
             status, name, message = refusal
-            record = refusal_record(
+            record = dict(
                 received_at=received_at,
                 mchid=UNROUTED if merchant is None else mchid,
                 reason=f"{name}: {message}",
@@ -233,7 +232,6 @@ class _Receiver:
                 complete=body.complete,
                 peer=peer,
                 path=request.url.path,
-                notification_id=claimed_id(body.data) if body.complete else None,
             )
             reply = await anyio.to_thread.run_sync(self._refuse, record, name, peer)
             return _response(reply, close=not body.complete)
@@ -252,7 +250,7 @@ class _Receiver:
         """The raw body, or what was read of it when reading refused it; ``None`` if the client left."""
         limit = self.limits.max_body
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
             return _Body(b"", False, (413, "PayloadTooLargeError", f"Content-Length {declared} exceeds {limit} bytes"))
         chunks: list[bytes] = []
         size = 0
@@ -302,7 +300,7 @@ class _Receiver:
                 logger.exception("notification for %s: unexpected error, answering 500", mchid)
             elif status >= 500:
                 logger.error("notification for %s could not be processed: %s: %s", mchid, type(exc).__name__, exc)
-            record = refusal_record(
+            record = dict(
                 received_at=received_at,
                 mchid=mchid,
                 reason=f"{type(exc).__name__}: {exc}",
@@ -312,7 +310,6 @@ class _Receiver:
                 complete=True,
                 peer=peer,
                 path=path,
-                notification_id=claimed_id(body),
             )
             return self._refuse(record, type(exc).__name__, peer), None
         entry = LogEntry(received_at, mchid, "accepted", None, note.id, headers, body, 204)
@@ -332,8 +329,11 @@ class _Receiver:
         logger.info("notification %s for %s: %s", note.id, mchid, entry.outcome)
         return success_reply(204), note if entry.outcome == "accepted" else None
 
-    def _refuse(self, record: LogEntry, name: str, peer: str) -> Reply:
-        """Record a refusal (bounded, capped; a failed write is counted, never turned into a 204)."""
+    def _refuse(self, fields: dict[str, Any], name: str, peer: str) -> Reply:
+        """Record a refusal (bounded, capped; a failed write is counted, never turned into a 204). Runs in a
+        worker thread: making the record hashes the body and reads the id it claims."""
+        claimed = claimed_id(fields["body"]) if fields["complete"] else None
+        record = refusal_record(**fields, notification_id=claimed)
         status = record.reply_status
         if status < 500:
             self.limiter.refused(peer)
