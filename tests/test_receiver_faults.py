@@ -104,20 +104,26 @@ def test_a_peer_refused_too_often_gets_429_and_other_peers_are_served(receivers,
     attacker = {"X-Forwarded-For": "203.0.113.66"}  # as a TLS-terminating proxy on this host would say
     wechat = {"X-Forwarded-For": "198.51.100.10"}
     block = os.urandom(MIB)
-    answers = []
+    answers: list[int | str] = []
     for i in range(50):
         headers, body = callbacks.forged(i.to_bytes(4, "big") + block[4:])
-        answers.append(post(receiver.notify_url, {**headers, **attacker}, body).status_code)
+        try:
+            answers.append(post(receiver.notify_url, {**headers, **attacker}, body).status_code)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+            # answered 429 and closed without reading the 1 MiB still being sent: the kernel resets the
+            # connection, and a client still sending may see the reset instead of the answer
+            answers.append("reset")
     _, headers, body = callbacks.valid(2)
     assert post(receiver.notify_url, {**headers, **wechat}, body).status_code == 204
 
     assert answers[:10] == [401] * 10
-    assert set(answers[10:]) <= {401, 429}  # a refill of one a 10 s may let one more through
-    assert answers.count(429) >= 38
+    assert set(answers[10:]) <= {401, 429, "reset"}  # a refill of one a 10 s may let one more through
+    refused_unread = answers.count(429) + answers.count("reset")
+    assert refused_unread >= 38
     records = [r.entry for r in NotificationLog(receiver.log_root).read(REJECTED)]
     assert len(records) == answers.count(401)  # a 429 is counted, not recorded, and costs no RSA
     assert {r.peer for r in records} == {"203.0.113.66"}
-    assert receiver.health()["counters"]["rate_limited"] == answers.count(429)
+    assert receiver.health()["counters"]["rate_limited"] == refused_unread
 
 
 def test_kill_9_in_the_middle_of_a_stream_loses_no_acknowledged_callback_and_doubles_none(receivers, callbacks):
