@@ -72,12 +72,21 @@ class Bench:
         self.callbacks = Callbacks(self.merchants)
         self.work = work
         self.runs = 0
+        self.started: list[ReceiverProcess] = []
 
     def receiver(self, *, open_files=None, tmpfs_bytes=None, data=None, **settings) -> ReceiverProcess:
         self.runs += 1
         data = data or self.work / f"run{self.runs}"
         config = settings_file(self.work / f"config{self.runs}", self.merchants[0], data, **settings)
-        return ReceiverProcess.start(config, data / "notifications", open_files=open_files, tmpfs_bytes=tmpfs_bytes)
+        receiver = ReceiverProcess.start(config, data / "notifications", open_files=open_files, tmpfs_bytes=tmpfs_bytes)
+        self.started.append(receiver)
+        return receiver
+
+    def close(self) -> None:
+        """Stop (by pid) every receiver still running, whatever happened to the probe that started it."""
+        for receiver in self.started:
+            receiver.stop()
+        self.callbacks.close()
 
 
 def sizes(root: Path) -> dict[str, int]:
@@ -403,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
             if "disk" in only:
                 probe_disk(bench)
         finally:
-            bench.callbacks.close()
+            bench.close()
 
 
 if __name__ == "__main__":
