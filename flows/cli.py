@@ -336,7 +336,10 @@ def receiver(
 ) -> None:
     """Serve the notify_url receiver (verify, decrypt, log durably, answer WeChat Pay)."""
     settings = _settings(config)
+    import logging
+
     from flows.notifications import NotificationLog, ReceiverMerchant, ReceiverServer, create_app
+    from flows.notifications.connections import raise_fd_limit
 
     merchants = {}
     for merchant in settings.merchants:
@@ -350,13 +353,31 @@ def receiver(
     if not merchants:
         console.print("[red]no merchant has receives_notifications = true[/red]")
         raise typer.Exit(EXIT_SETTINGS)
-    receiver_app = create_app(merchants, NotificationLog(settings.notification_root))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    open_files = raise_fd_limit()
+    log = NotificationLog(
+        settings.notification_root,
+        remember_days=settings.receiver_remember_days,
+        max_duplicates=settings.receiver_max_duplicates,
+    )
+    limits = settings.receiver_limits()
     server = ReceiverServer(
-        receiver_app, host or settings.receiver_host, settings.receiver_port if port is None else port, log_level="info"
+        create_app(merchants, log, limits=limits),
+        host if host is not None else settings.receiver_host,
+        port if port is not None else settings.receiver_port,
+        log_level="info",
     )
     console.print(
-        f"notify_url: {server.url}/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it)",
-        highlight=False,
+        f"notify_url: {server.url}/wxpay/notify/<mchid> for {', '.join(merchants)} (put TLS in front of it); "
+        f"health: {server.url}/wxpay/notify/_health (loopback only)",
+        soft_wrap=True,
+    )
+    console.print(
+        f"limits: {server.max_connections} connections (open-file limit {open_files}), head/body timeouts "
+        f"{limits.head_timeout:g}/{limits.body_timeout:g} s, body {limits.max_body} bytes, "
+        f"{limits.refused_per_minute:g} refusals a minute per peer, records of refused requests "
+        f"{limits.rejected_day_bytes} bytes a day / {limits.rejected_total_bytes} in all, "
+        f"503 below {settings.receiver_min_free_disk} free",
         soft_wrap=True,
     )
     server.run()

@@ -15,25 +15,36 @@ A missing or malformed setting fails at start with :class:`SettingsError` naming
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
+from flows.notifications.limits import ReceiverLimits
 from flows.sources import LocalOrdersSource, LocalRefundsSource
 from wxpay import DEFAULT_BASE_URL, Client, Verifier
 from wxpay.verifying import PUBLIC_KEY_ID_PREFIX
@@ -245,6 +256,22 @@ class Settings(BaseSettings):
     schedule_timezone: str = "Asia/Shanghai"
     receiver_host: str = "127.0.0.1"
     receiver_port: int = Field(default=8080, ge=0, le=65535)
+    # the receiver under attack (flows/notifications/limits.py says what each bound protects)
+    receiver_max_body: ByteSize = Field(default=ByteSize(1 << 20), ge=1024)
+    receiver_body_timeout: float = Field(default=10.0, gt=0, le=60)  # seconds for the whole body, else 408
+    receiver_head_timeout: float = Field(default=10.0, gt=0, le=60)  # seconds for a request head, else closed
+    receiver_keep_alive: float = Field(default=5.0, gt=0, le=300)
+    receiver_max_connections: int = Field(default=1000, ge=1)  # lowered to fit the open-file limit
+    receiver_backlog: int = Field(default=2048, ge=1)
+    receiver_refused_per_minute: float = Field(default=60.0, ge=0)  # refusals a peer may cause; then 429
+    receiver_refused_burst: int = Field(default=30, ge=1)
+    receiver_rate_limit_loopback: bool = False
+    receiver_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)  # their XFF names the peer
+    receiver_rejected_day_bytes: ByteSize = ByteSize(64 << 20)  # records of refused requests, per day file
+    receiver_rejected_total_bytes: ByteSize = ByteSize(1 << 30)  # ... in all
+    receiver_min_free_disk: str = Field(default="1GiB", pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*(%|[KMGT]?i?B)\s*$")
+    receiver_remember_days: int = Field(default=7, ge=2, le=31)  # days of ids a writer re-reads for duplicates
+    receiver_max_duplicates: int = Field(default=32, ge=16)  # duplicate lines logged per notification id
     alerts: AlertConfig = AlertConfig()
 
     @classmethod
@@ -262,12 +289,51 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
+    @field_validator("receiver_min_free_disk")
+    @classmethod
+    def _free_disk_threshold(cls, value: str) -> str:
+        _free_disk(value)  # ValueError naming what is wrong
+        return value
+
+    @field_validator("receiver_trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):  # comma-separated in the environment, or a JSON list
+            value = (
+                json.loads(value) if value.lstrip().startswith("[") else [v for v in re.split(r"[\s,]+", value) if v]
+            )
+        for proxy in value:
+            ipaddress.ip_network(proxy, strict=False)  # ValueError: not an address or network
+        return value
+
     @model_validator(mode="after")
     def _unique(self) -> Settings:
         ids = [m.mchid for m in self.merchants]
         if len(set(ids)) != len(ids):
             raise ValueError("merchants: a mchid appears twice")
+        if self.receiver_rejected_day_bytes > self.receiver_rejected_total_bytes:
+            raise ValueError("receiver_rejected_day_bytes cannot exceed receiver_rejected_total_bytes")
         return self
+
+    def receiver_limits(self) -> ReceiverLimits:
+        """The ``receiver_*`` settings as the receiver's bounds."""
+        free, share = _free_disk(self.receiver_min_free_disk)
+        return ReceiverLimits(
+            max_body=int(self.receiver_max_body),
+            body_timeout=self.receiver_body_timeout,
+            head_timeout=self.receiver_head_timeout,
+            keep_alive=self.receiver_keep_alive,
+            max_connections=self.receiver_max_connections,
+            backlog=self.receiver_backlog,
+            refused_per_minute=self.receiver_refused_per_minute,
+            refused_burst=self.receiver_refused_burst,
+            rate_limit_loopback=self.receiver_rate_limit_loopback,
+            trusted_proxies=tuple(self.receiver_trusted_proxies),
+            rejected_day_bytes=int(self.receiver_rejected_day_bytes),
+            rejected_total_bytes=int(self.receiver_rejected_total_bytes),
+            min_free_bytes=free,
+            min_free_ratio=share,
+        )
 
     @property
     def warehouse_path(self) -> Path:
@@ -294,6 +360,17 @@ class Settings(BaseSettings):
     @property
     def mchids(self) -> list[str]:
         return [m.mchid for m in self.merchants]
+
+
+def _free_disk(text: str) -> tuple[int, float]:
+    """``"1GiB"`` -> (bytes, 0.0); ``"5%"`` -> (0, 0.05): the receiver's free-disk threshold."""
+    text = text.strip()
+    if text.endswith("%"):
+        share = float(text.removesuffix("%")) / 100
+        if not 0 <= share < 1:
+            raise ValueError("a share of the disk must be below 100%")
+        return 0, share
+    return int(TypeAdapter(ByteSize).validate_python(text)), 0.0
 
 
 def _where(loc: tuple) -> str:

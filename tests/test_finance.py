@@ -321,6 +321,31 @@ def test_read_notification_line_shows_the_envelope_and_no_secret(tmp_path):
     assert unreadable.envelope == {}
     with pytest.raises(EvidenceNotFound):
         read_notification_line(tmp_path, "1900000100/2026-11-26.jsonl", 4)
+
+    import dataclasses
+
+    from flows.notifications.rejected import refusal_record
+
+    cjk = dataclasses.replace(
+        entry, body_bytes=json.dumps({**body, "summary": "支付成功" * 200}, ensure_ascii=False).encode()
+    )
+    record = refusal_record(
+        received_at=entry.received_at,
+        mchid="1900000100",
+        reason="SignatureMismatchError: forged",
+        status=401,
+        raw_headers=[(b"wechatpay-serial", b"PUB_KEY_ID_01")],
+        body=b'{"id":"EV-forged"}',
+        complete=True,
+        peer="203.0.113.9",
+        path="/wxpay/notify/1900000100",
+    )
+    (folder / "2026-11-27.jsonl").write_bytes(cjk.to_line() + record.to_line())
+    assert b'"body_b64"' in cjk.to_line()  # mostly Chinese: Base64 is the shorter form
+    assert read_notification_line(tmp_path, "1900000100/2026-11-27.jsonl", 1).envelope["id"] == body["id"]
+    refused = read_notification_line(tmp_path, "1900000100/2026-11-27.jsonl", 2)
+    assert (refused.receiver["peer"], refused.receiver["body_length"]) == ("203.0.113.9", 18)
+    assert refused.envelope["body"].startswith("not kept")
     with pytest.raises(EvidenceNotFound, match="outside"):
         read_notification_line(folder, "../../x.jsonl", 1)
 

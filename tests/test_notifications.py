@@ -491,15 +491,21 @@ def test_a_log_written_by_the_real_receiver_reverifies(world, con):
     assert (stats.lines_seen, stats.newly_verified, stats.failed) == (2, 2, 1)
     found = rows(
         con,
-        "select l.outcome, l.reply_status, l.receiver_reason, c.verified, c.failure, c.notification_id"
-        " from raw.notification_lines l join raw.notification_checks c using (line_sha256) order by l.line_no",
+        "select l.log_file, l.outcome, l.reply_status, l.receiver_reason, c.verified, c.failure, c.failure_detail,"
+        " c.notification_id from raw.notification_lines l join raw.notification_checks c using (line_sha256)"
+        " order by l.received_at",
     )
     delivery = world.sim.deliveries[0]
-    assert [(r["outcome"], r["reply_status"], r["verified"], r["failure"]) for r in found] == [
-        ("rejected", 401, False, "SignatureMismatchError"),
-        ("accepted", 204, True, None),
+    assert [(r["log_file"][:10], r["outcome"], r["reply_status"], r["verified"], r["failure"]) for r in found] == [
+        ("_rejected/", "rejected", 401, False, "BodyNotKept"),  # a bounded record: no body to verify again
+        (INITIATOR, "accepted", 204, True, None),
     ]
     assert found[0]["receiver_reason"].startswith("SignatureMismatchError: ")
+    digest = hashlib.sha256(delivery.body).hexdigest()
+    assert found[0]["failure_detail"].startswith(
+        f"the receiver kept a record, not the body: {len(delivery.body)} bytes, sha256 {digest};"
+        " it answered 401: SignatureMismatchError: "
+    )
     assert found[1]["notification_id"] == delivery.notification_id
     subs = rows(con, "select out_trade_no, total_amount_fen, success_time from raw.notification_sub_orders order by 1")
     assert [(s["out_trade_no"], s["total_amount_fen"]) for s in subs] == [

@@ -4,21 +4,32 @@ delivers callbacks to the receiver served on 127.0.0.1; other callbacks are fire
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 import wxpay
-from flows.notifications import UNROUTED, LogEntry, NotificationLog, ReceiverMerchant, create_app, serve_receiver
+from flows.notifications import (
+    REJECTED,
+    UNROUTED,
+    LogEntry,
+    NotificationLog,
+    ReceiverLimits,
+    ReceiverMerchant,
+    create_app,
+    serve_receiver,
+)
 from tests.conftest import INITIATOR, combine_request
 from wxpay.models import BEIJING
 from wxpay.notify import parse_notification
@@ -49,13 +60,17 @@ class Harness:
         self.notes.append(note)
         self.hook_called.set()
 
-    def start(self, hook=None, clock=None) -> Harness:
+    def start(self, hook=None, clock=None, *, max_duplicates: int = 32, **options) -> Harness:
         self.stop()
-        self.log = NotificationLog(self.root)
+        self.log = NotificationLog(self.root, max_duplicates=max_duplicates)
         merchant = ReceiverMerchant(self.initiator.verifier(), self.initiator.api_v3_key)
-        self.app = create_app({INITIATOR: merchant}, self.log, hook or self.record_hook, clock=clock)
+        self.app = create_app({INITIATOR: merchant}, self.log, hook or self.record_hook, clock=clock, **options)
         self.server = serve_receiver(self.app)
         return self
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.app.state.counters.snapshot()
 
     def stop(self) -> None:
         if self.server is not None:
@@ -83,6 +98,10 @@ class Harness:
         assert scan.skipped == []
         return entries
 
+    def records(self) -> list[LogEntry]:
+        """The records of refused requests (every path, every merchant)."""
+        return self.entries(REJECTED)
+
 
 @pytest.fixture
 def harness(sim, initiator, tmp_path):
@@ -101,6 +120,21 @@ def reverify(entry: LogEntry, initiator):
     """What the reconciliation does with a line: verify as of received_at, decrypt."""
     verifier = initiator.verifier(clock=lambda: entry.received_at.timestamp())
     return parse_notification(entry.headers, entry.body_bytes, verifier=verifier, api_v3_key=initiator.api_v3_key)
+
+
+def raw_exchange(server_url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it (or ``timeout`` passes)."""
+    host, port = server_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(data)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+        return received
+
+
+def head(path: str, length: int, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
 
 
 def test_a_valid_callback_is_answered_204_after_one_accepted_line_that_reverifies(harness, initiator):
@@ -129,6 +163,7 @@ def test_a_valid_callback_is_answered_204_after_one_accepted_line_that_reverifie
     assert raw.endswith(b"\n")
     assert raw.count(b"\n") == 1
     line = json.loads(raw)
+    assert line["v"] == 2
     assert list(line) == [
         "v",
         "received_at",
@@ -165,18 +200,28 @@ def test_an_untrusted_callback_is_refused_401_logged_rejected_and_the_retry_is_a
     first = delivery.attempts[0]
     assert first.status == 401
     assert json.loads(first.error) == {"code": "FAIL", "message": error}
-    [rejected] = harness.entries()
-    assert rejected.outcome == "rejected"
+    assert harness.entries() == []  # the merchant's files hold only what was accepted
+    [rejected] = harness.records()
+    assert (rejected.mchid, rejected.outcome, rejected.reply_status) == (INITIATOR, "rejected", 401)
     assert rejected.reason.startswith(error + ": ")
     assert rejected.notification_id == delivery.notification_id  # claimed by the unverified body
-    assert rejected.reply_status == 401
-    assert set(rejected.headers) == WECHATPAY_HEADERS
+    assert set(rejected.headers) == WECHATPAY_HEADERS | {"content-length", "content-type"}
+    sent = delivery.body if fault != "tamper" else None  # tamper changes the body after signing
+    assert rejected.body_bytes is None  # a bounded record, never the body
+    assert rejected.body_complete is True
+    if sent is not None:
+        assert (rejected.body_length, rejected.body_sha256) == (len(sent), hashlib.sha256(sent).hexdigest())
+        assert rejected.excerpt == sent[:256].decode()
+    assert (rejected.peer, rejected.path) == ("127.0.0.1", f"/wxpay/notify/{INITIATOR}")
     assert not harness.hook_called.is_set()
 
     harness.sim.advance(15)  # WeChat Pay's first retry
     assert delivery.attempts[1].status == 204
-    assert outcomes(harness.entries()) == ["rejected", "accepted"]
+    assert outcomes(harness.entries()) == ["accepted"]
+    assert len(harness.records()) == 1
     assert harness.hook_called.wait(5)
+    counters = harness.counters
+    assert (counters["refused_401"], counters["records_written"], counters["accepted"]) == (1, 1, 1)
 
 
 def test_a_signed_body_that_is_not_json_or_not_utf8_is_refused_400(harness, sim, initiator):
@@ -192,26 +237,42 @@ def test_a_signed_body_that_is_not_json_or_not_utf8_is_refused_400(harness, sim,
     assert answer.status_code == 401
     assert answer.json()["message"] == "MissingSignatureError"
 
-    text, raw, unsigned = harness.entries()
+    text, raw, unsigned = harness.records()
     assert (text.outcome, text.reply_status, text.notification_id) == ("rejected", 400, None)
     assert text.reason.startswith("MalformedNotificationError: ")
-    assert text.body_bytes == b"not json"
-    assert raw.body_bytes == b"\xff\xfe\x00{binary"
-    assert '"body_b64":' in (harness.root / INITIATOR / f"{raw.day}.jsonl").read_text()
-    assert (unsigned.reason.split(":")[0], unsigned.notification_id, unsigned.headers) == (
-        "MissingSignatureError",
-        "EV-1",
-        {},
-    )
+    assert (text.body_length, text.excerpt) == (8, "not json")
+    assert raw.body_length == len(b"\xff\xfe\x00{binary")
+    assert raw.excerpt == "\ufffd\ufffd\\x00{binary"  # safe text: not UTF-8 is U+FFFD, control bytes escaped
+    assert raw.body_sha256 == hashlib.sha256(b"\xff\xfe\x00{binary").hexdigest()
+    assert (unsigned.reason.split(":")[0], unsigned.notification_id) == ("MissingSignatureError", "EV-1")
+    assert set(unsigned.headers) == {"content-length", "content-type"}
+    assert harness.entries() == []
 
 
 def test_a_body_over_the_limit_is_refused_413_without_storing_it(harness):
-    answer = harness.post(b"x" * ((1 << 20) + 1), {})
-    assert answer.status_code == 413
-    assert answer.json() == {"code": "FAIL", "message": "PayloadTooLargeError"}
-    [entry] = harness.entries()
-    assert (entry.outcome, entry.reply_status, entry.body_bytes) == ("rejected", 413, None)
-    assert entry.reason == "PayloadTooLargeError: body exceeds 1048576 bytes"
+    # Content-Length says it: refused at once (the body is never sent here, so reading it would wait)
+    answer = raw_exchange(harness.server.url, head(f"/wxpay/notify/{INITIATOR}", (1 << 20) + 1))
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.endswith(b'{"code": "FAIL", "message": "PayloadTooLargeError"}')
+    assert b"connection: close" in answer.lower()
+
+    def chunks():  # no Content-Length (chunked): refused once more than the limit has arrived
+        for _ in range(17):
+            yield b"y" * 65536
+
+    url = f"{harness.server.url}/wxpay/notify/{INITIATOR}"
+    assert httpx.post(url, content=chunks()).status_code == 413
+
+    declared, streamed = harness.records()
+    assert (declared.outcome, declared.reply_status, declared.body_bytes) == ("rejected", 413, None)
+    assert declared.reason == "PayloadTooLargeError: Content-Length 1048577 exceeds 1048576 bytes"
+    assert (declared.body_length, declared.body_complete, declared.headers["content-length"]) == (0, False, "1048577")
+    assert streamed.reason == "PayloadTooLargeError: body exceeds 1048576 bytes"
+    assert (1 << 20) < streamed.body_length <= (1 << 20) + (1 << 18)  # it stopped reading soon after the limit
+    assert streamed.body_complete is False
+    assert streamed.excerpt == "y" * 256
+    assert harness.entries() == []
+    assert harness.counters["refused_413"] == 2
 
 
 def test_a_path_naming_no_configured_merchant_is_refused_404_and_logged_unrouted(harness, sim, initiator):
@@ -223,17 +284,22 @@ def test_a_path_naming_no_configured_merchant_is_refused_404_and_logged_unrouted
     assert answer.json() == {"code": "FAIL", "message": "UnknownMerchantError"}
     assert harness.post(body, headers, "/wxpay/notify/..%2F..%2Fescape").status_code == 404
 
-    first, second = harness.entries(UNROUTED)
-    assert (first.mchid, first.outcome, first.reply_status) == ("1999999999", "rejected", 404)
+    assert httpx.get(f"{harness.server.url}/").status_code == 404  # any other path or method too
+
+    first, second, third = harness.records()
+    assert (first.mchid, first.outcome, first.reply_status) == (UNROUTED, "rejected", 404)
+    assert first.path == "/wxpay/notify/1999999999"
     assert first.notification_id == delivery.notification_id
-    assert first.reason.startswith("UnknownMerchantError: ")
-    assert second.mchid == "../../escape"
-    assert [p.relative_to(harness.root).parts[0] for p in harness.root.rglob("*.jsonl")] == [UNROUTED]
+    assert first.reason == "UnknownMerchantError: no receiver configured for /wxpay/notify/1999999999"
+    assert (second.mchid, second.path) == (UNROUTED, "/wxpay/notify/../../escape")
+    assert (third.path, third.reason) == ("/", "UnknownMerchantError: no receiver configured for GET /")
+    assert [p.relative_to(harness.root).parts[0] for p in harness.root.rglob("*.jsonl")] == [REJECTED]
     assert sorted(p.name for p in harness.root.parent.iterdir()) == ["notify-log"]  # nothing escaped
     assert harness.entries() == []
 
 
 def test_fifty_concurrent_deliveries_of_one_callback_make_one_accepted_line_and_49_duplicates(harness, sim, initiator):
+    harness.start(max_duplicates=100)  # every duplicate logged (the default cap is 32)
     delivery = harness.pay("C20261126001", deliver=False)
     signed = []
     for i in range(50):
@@ -282,7 +348,7 @@ def test_a_restarted_receiver_still_knows_the_accepted_ids(harness, sim, initiat
 
 
 @pytest.mark.parametrize("failure", ["unwritable_directory", "disk_full"])
-def test_when_the_log_cannot_be_written_the_answer_is_500_and_the_retry_succeeds(harness, failure):
+def test_when_the_log_cannot_be_written_the_answer_is_500_and_the_retry_succeeds(harness, failure, caplog):
     received_at = datetime.now(BEIJING)
     harness.start(clock=lambda: received_at)
     harness.root.mkdir(parents=True, exist_ok=True)
@@ -294,12 +360,22 @@ def test_when_the_log_cannot_be_written_the_answer_is_500_and_the_retry_succeeds
         blocker = blocker / f"{received_at.date().isoformat()}.jsonl"
         blocker.symlink_to("/dev/full")  # every write fails with ENOSPC
 
+    caplog.set_level(logging.ERROR, logger="flows.notifications.receiver")
     delivery = harness.pay("C20261126001")
     first = delivery.attempts[0]
     assert first.status == 500
-    assert json.loads(first.error) == {"code": "FAIL", "message": "notification log unavailable"}
+    assert json.loads(first.error) == {"code": "FAIL", "message": "StorageError"}  # no path sent to the network
     assert not delivery.acknowledged
     assert not harness.hook_called.is_set()
+    assert harness.counters["storage_faults"] == 1
+    code = "ENOSPC" if failure == "disk_full" else "EEXIST"
+    assert f"storage fault appending to the notification log: {blocker}" in caplog.text or (
+        f"storage fault opening a notification-log directory: {blocker}" in caplog.text
+    )
+    assert f"({code})" in caplog.text
+    health = httpx.get(f"{harness.server.url}/wxpay/notify/_health")
+    assert (health.status_code, health.json()["problems"]) == (503, ["storage_fault"])
+    assert str(blocker) in health.json()["storage_fault"]
 
     blocker.unlink()  # the operator frees the disk
     harness.sim.advance(15)
@@ -307,6 +383,7 @@ def test_when_the_log_cannot_be_written_the_answer_is_500_and_the_retry_succeeds
     [entry] = harness.entries()
     assert (entry.outcome, entry.notification_id) == ("accepted", delivery.notification_id)
     assert harness.hook_called.wait(5)
+    assert httpx.get(f"{harness.server.url}/wxpay/notify/_health").json()["status"] == "ok"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -365,7 +442,8 @@ def test_no_apiv3_key_and_no_payer_data_reach_the_log_files_or_the_logs(harness,
     headers, body = sim.signed_headers(initiator, delivery.body)
     assert harness.post(body, headers).status_code == 204
     assert harness.post(body, headers, "/wxpay/notify/1900000999").status_code == 404
-    assert outcomes(harness.entries()) == ["accepted", "rejected", "accepted", "duplicate"]
+    assert outcomes(harness.entries()) == ["accepted", "accepted", "duplicate"]
+    assert [r.reply_status for r in harness.records()] == [401, 404]
     assert other.acknowledged
 
     order = sim.ledger.get(INITIATOR, "C20261126001", sim.clock.now())
@@ -390,7 +468,7 @@ from flows.notifications import LogEntry, NotificationLog
 from wxpay.models import BEIJING
 
 root, me = Path(sys.argv[1]), sys.argv[2]
-log = NotificationLog(root / "log")
+log = NotificationLog(root / "log", max_duplicates=100)
 print("ready", flush=True)
 sys.stdin.readline()  # start together: the test answers once both are ready
 for i in range(25):
@@ -424,3 +502,224 @@ def test_writers_in_two_processes_never_interleave_and_accept_an_id_once(tmp_pat
     assert scan.skipped == []
     assert len(entries) == 100
     assert sorted(outcomes(entries)) == ["accepted"] + ["duplicate"] * 49 + ["rejected"] * 50
+
+
+# --- under attack: bounded records, caps, refusal limit, free disk, slow bodies -----------------------------
+
+
+def test_records_of_refused_requests_stop_at_their_cap_while_valid_callbacks_are_still_logged(harness, sim, caplog):
+    caplog.set_level(logging.WARNING, logger="flows.notifications.receiver")
+    limits = ReceiverLimits(rejected_day_bytes=16 * 1024, rejected_total_bytes=64 * 1024)
+    harness.start(limits=limits)
+    forged = [sim.signed_headers(harness.initiator, os.urandom(65536), fault="wrong_key") for _ in range(40)]
+    answers = [harness.post(body, headers).status_code for headers, body in forged]
+    delivery = harness.pay("C20261126001")  # WeChat Pay's genuine callback, in the middle of the flood
+    answers += [harness.post(body, headers).status_code for headers, body in forged[:10]]
+
+    assert answers == [401] * 50
+    assert delivery.attempts[0].status == 204
+    assert outcomes(harness.entries()) == ["accepted"]
+    [day_file] = (harness.root / REJECTED).glob("*.jsonl")
+    assert day_file.stat().st_size <= 16 * 1024  # 50 MB-ish of forged bodies: 16 KiB of records at most
+    counters = harness.counters
+    assert counters["records_written"] == len(harness.records()) == day_file.read_bytes().count(b"\n")
+    assert counters["records_written"] + counters["records_dropped"] == 50
+    assert counters["records_dropped"] > 0
+    assert caplog.text.count("reached the day's cap of 16384 bytes") == 1  # said once, counted always
+    health = httpx.get(f"{harness.server.url}/wxpay/notify/_health").json()
+    assert (health["status"], health["problems"]) == ("degraded", ["rejected_stream_full"])
+    assert health["counters"]["records_dropped"] == counters["records_dropped"]
+
+
+def test_the_total_cap_of_records_removes_the_oldest_days_first(tmp_path, caplog):
+    from flows.notifications.guards import Counters
+    from flows.notifications.rejected import RejectedLog, refusal_record
+
+    log = NotificationLog(tmp_path)
+    folder = tmp_path / REJECTED
+    folder.mkdir()
+    today = datetime(2026, 11, 26, 12, tzinfo=BEIJING)
+    for back in (3, 2, 1):
+        (folder / f"{(today - timedelta(days=back)).date()}.jsonl").write_bytes(b"x" * 9000 + b"\n")
+    counters = Counters()
+    stream = RejectedLog(log, counters, day_bytes=8000, total_bytes=20000)
+    record = refusal_record(
+        received_at=today,
+        mchid=UNROUTED,
+        reason="UnknownMerchantError: no receiver configured for GET /",
+        status=404,
+        raw_headers=[],
+        body=b"",
+        complete=True,
+        peer="203.0.113.9",
+        path="/",
+    )
+    written = [stream.write(record) for _ in range(40)]
+
+    assert sorted(p.name for p in folder.glob("*.jsonl")) == [
+        f"{(today - timedelta(days=1)).date()}.jsonl",
+        f"{today.date()}.jsonl",
+    ]
+    assert counters["record_files_removed"] == 2  # the two oldest days made room; yesterday still fits
+    assert sum(p.stat().st_size for p in folder.glob("*.jsonl")) <= 20000
+    assert written.count(True) == counters["records_written"] > 0
+    assert written[-1] is False  # then today's cap
+    assert "to keep" in caplog.text
+
+
+def test_a_peer_refused_too_often_is_answered_429_before_its_request_is_read(harness, sim, initiator):
+    ticks = [1000.0]  # the receiver's monotonic clock, moved by the test
+    limits = ReceiverLimits(refused_per_minute=60, refused_burst=3, rate_limit_loopback=True, body_timeout=120)
+    harness.start(limits=limits, monotonic=lambda: ticks[0])
+    url = f"/wxpay/notify/{INITIATOR}"
+    assert [harness.post(b'{"id":"EV-1"}', {}).status_code for _ in range(3)] == [401] * 3
+
+    # its bucket is empty: 429 at once, without waiting for a body that is never sent (reading it would
+    # take the 120 s body timeout), and the connection is closed
+    answer = raw_exchange(harness.server.url, head(url, 1000))
+    assert answer.startswith(b"HTTP/1.1 429 ")
+    assert b"connection: close" in answer.lower()
+    delivery = harness.pay("C20261126001")  # even a valid callback: WeChat Pay retries later
+    assert delivery.attempts[0].status == 429
+    assert len(harness.records()) == 3  # 429s are counted, not recorded
+    assert harness.entries() == []
+
+    ticks[0] += 2.0  # two refusals' worth of refill (1 a second)
+    harness.sim.advance(15)  # the retry
+    assert delivery.attempts[1].status == 204  # a 204 spends nothing
+    assert [harness.post(b'{"id":"EV-2"}', {}).status_code for _ in range(3)] == [401, 401, 429]
+    counters = harness.counters
+    assert (counters["rate_limited"], counters["refused_401"], counters["accepted"]) == (3, 5, 1)
+
+
+def test_loopback_peers_are_not_limited_unless_asked(harness):
+    harness.start(limits=ReceiverLimits(refused_per_minute=60, refused_burst=2))
+    assert {harness.post(b"{}", {}).status_code for _ in range(10)} == {401}
+    assert harness.counters["rate_limited"] == 0
+
+
+def test_peers_behind_a_trusted_proxy_are_who_it_forwarded():
+    from flows.notifications.guards import Peers, RefusalLimiter
+
+    direct = Peers()
+    assert direct.peer(("10.0.0.5", 4000), {"x-forwarded-for": "203.0.113.9"}) == "10.0.0.5"  # believed by no one
+    proxied = Peers(["10.0.0.0/8", "::1"])
+    assert proxied.peer(("10.0.0.5", 4000), {"x-forwarded-for": "198.51.100.1, 203.0.113.9, 10.0.0.7"}) == (
+        "203.0.113.9"  # the right-most address that is not a trusted proxy (the left ones are the client's word)
+    )
+    assert proxied.peer(("192.0.2.1", 4000), {"x-forwarded-for": "203.0.113.9"}) == "192.0.2.1"  # not a proxy
+    assert proxied.peer(("10.0.0.5", 4000), {"x-forwarded-for": "junk, 203.0.113.9"}) == "203.0.113.9"
+    assert proxied.peer(("10.0.0.5", 4000), {"x-forwarded-for": "203.0.113.9, junk"}) == "10.0.0.5"
+    assert proxied.peer(("10.0.0.5", 4000), {"x-forwarded-for": ""}) == "10.0.0.5"
+    assert Peers.key("2001:db8:1:2:3:4:5:6") == Peers.key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert Peers.key("::ffff:203.0.113.9") == "203.0.113.9"
+    assert Peers.is_loopback("::1")
+    assert Peers.is_loopback("::ffff:127.0.0.1")
+
+    ticks = [0.0]
+    limiter = RefusalLimiter(60, 2, max_peers=2, monotonic=lambda: ticks[0])
+    for peer in ("203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.2"):
+        limiter.refused(peer)
+    assert limiter.limited("203.0.113.1")
+    assert not limiter.limited("127.0.0.1")
+    limiter.refused("203.0.113.3")  # a third peer: the least recently refused one is forgotten
+    assert not limiter.limited("203.0.113.1")
+    assert limiter.limited("203.0.113.2")
+    ticks[0] += 1.0
+    assert not limiter.limited("203.0.113.2")
+
+
+def test_below_the_free_disk_threshold_every_callback_is_answered_503_and_nothing_is_written(harness, caplog):
+    caplog.set_level(logging.WARNING, logger="flows.notifications.receiver")
+    ticks = [0.0]
+    harness.start(limits=ReceiverLimits(min_free_bytes=1 << 62, disk_check_interval=5), monotonic=lambda: ticks[0])
+    delivery = harness.pay("C20261126001")
+    assert delivery.attempts[0].status == 503
+    assert json.loads(delivery.attempts[0].error) == {"code": "FAIL", "message": "InsufficientStorage"}
+    assert harness.post(b"{}", {}).status_code == 503  # refused requests are not recorded either
+    assert not any(p.is_file() for p in harness.root.rglob("*.jsonl"))
+    assert harness.counters["low_disk"] == 2
+    assert caplog.text.count("below the threshold of 4611686018427387904") == 1
+    health = httpx.get(f"{harness.server.url}/wxpay/notify/_health")
+    assert (health.status_code, health.json()["problems"]) == (503, ["low_disk"])
+
+    harness.app.state.receiver.disk.min_free_bytes = 1  # space freed (the threshold lowered, to the same effect)
+    ticks[0] += 5  # the next look at the disk
+    harness.sim.advance(15)
+    assert delivery.attempts[1].status == 204
+    assert outcomes(harness.entries()) == ["accepted"]
+    assert "accepting callbacks" in caplog.text
+
+
+def test_a_body_slower_than_the_body_timeout_is_refused_408_and_its_connection_closed(harness):
+    harness.start(limits=ReceiverLimits(body_timeout=0.5))
+    answer = raw_exchange(harness.server.url, head(f"/wxpay/notify/{INITIATOR}", 100) + b'{"id":"EV-')
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in answer.lower()
+    [record] = harness.records()
+    assert (record.reply_status, record.body_length, record.body_complete) == (408, 10, False)
+    assert record.reason == "RequestTimeoutError: body not received within 0.5 s (10 bytes read)"
+    assert harness.counters["refused_408"] == 1
+
+
+def test_the_health_of_the_receiver_is_shown_to_loopback_only(harness):
+    harness.start(limits=ReceiverLimits(trusted_proxies=("127.0.0.1",)))
+    health = httpx.get(f"{harness.server.url}/wxpay/notify/_health")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert set(health.json()["counters"]) >= {"accepted", "rate_limited", "low_disk", "duplicates_not_logged"}
+    outside = httpx.get(f"{harness.server.url}/wxpay/notify/_health", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert outside.status_code == 404
+    [record] = harness.records()
+    assert (record.peer, record.path, record.mchid) == ("203.0.113.9", "/wxpay/notify/_health", UNROUTED)
+
+
+def signed_callbacks(harness, count: int) -> list[tuple[dict[str, str], bytes]]:
+    """``count`` genuine callbacks (distinct ids) for the initiator, as WeChat Pay would send them."""
+    delivery = harness.pay("C20261126001", deliver=False)
+    template = json.loads(delivery.body)
+    signed = []
+    for i in range(count):
+        body = json.dumps({**template, "id": f"{template['id'][:-4]}{i:04d}"}, separators=(",", ":")).encode()
+        signed.append(harness.sim.signed_headers(harness.initiator, body))
+    return signed
+
+
+@pytest.mark.parametrize("slow", [200])
+def test_slow_connections_cannot_starve_valid_callbacks_and_are_closed_after_the_head_timeout(harness, slow):
+    import selectors
+
+    harness.start(limits=ReceiverLimits(max_connections=slow // 2, head_timeout=2.0))
+    valid = signed_callbacks(harness, 3)
+    host, port = harness.server.url.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(slow):  # twice the cap: each sends half a request head and nothing more
+        conn = socket.create_connection((host, int(port)), timeout=10)
+        conn.sendall(f"POST /wxpay/notify/{INITIATOR} HTTP/1.1\r\nHost: x\r\n".encode())
+        sockets.append(conn)
+
+    url = f"{harness.server.url}/wxpay/notify/{INITIATOR}"
+    for headers, body in valid:  # WeChat Pay's budget: answered within 5 s, or it counts as a failure
+        assert httpx.post(url, content=body, headers=headers, timeout=5).status_code == 204
+    assert outcomes(harness.entries()) == ["accepted"] * 3
+
+    selector = selectors.DefaultSelector()
+    for conn in sockets:
+        selector.register(conn, selectors.EVENT_READ)
+    closed = 0
+    while closed < slow:  # every slow connection is closed by the server: evicted, or at its head deadline
+        events = selector.select(timeout=10)
+        assert events, f"{slow - closed} slow connections still open"
+        for key, _ in events:
+            try:
+                data = key.fileobj.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+            closed += 1
+    counters = harness.counters
+    assert counters["connections_evicted"] + counters["head_timeouts"] == slow
+    assert counters["connections_evicted"] >= slow // 2  # the first half made room for the second
+    assert counters["head_timeouts"] > 0

@@ -224,3 +224,38 @@ def test_a_secret_can_come_from_a_prefect_secret_block(tmp_path, files):
     missing = toml(tmp_path, merchant_toml(folder, merchant, api_v3_key="prefect-secret:no-such-block"))
     with pytest.raises(SettingsError, match="no-such-block"):
         load_settings(missing)
+
+
+def test_the_receiver_settings_become_its_limits(tmp_path, files, monkeypatch):
+    folder, merchant = files
+    path = toml(
+        tmp_path,
+        'receiver_max_body = "2MiB"\nreceiver_rejected_day_bytes = "8MiB"\nreceiver_min_free_disk = "5%"\n'
+        + merchant_toml(folder, merchant),
+    )
+    monkeypatch.setenv("WXRECON_RECEIVER_TRUSTED_PROXIES", "10.0.0.5, fd00::/64")
+    monkeypatch.setenv("WXRECON_RECEIVER_REFUSED_PER_MINUTE", "0")
+    limits = load_settings(path).receiver_limits()
+    assert (limits.max_body, limits.rejected_day_bytes, limits.rejected_total_bytes) == (2 << 20, 8 << 20, 1 << 30)
+    assert (limits.min_free_bytes, limits.min_free_ratio) == (0, 0.05)
+    assert limits.trusted_proxies == ("10.0.0.5", "fd00::/64")
+    assert limits.refused_per_minute == 0
+    monkeypatch.delenv("WXRECON_RECEIVER_TRUSTED_PROXIES")
+    defaults = load_settings(toml(tmp_path, merchant_toml(folder, merchant))).receiver_limits()
+    assert (defaults.min_free_bytes, defaults.max_connections, defaults.trusted_proxies) == (1 << 30, 1000, ())
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ('receiver_min_free_disk = "lots"', "receiver_min_free_disk"),
+        ('receiver_min_free_disk = "100%"', "receiver_min_free_disk"),
+        ('receiver_trusted_proxies = ["not-an-address"]', "receiver_trusted_proxies"),
+        ('receiver_rejected_day_bytes = "2GiB"', "receiver_rejected_day_bytes cannot exceed"),
+        ("receiver_remember_days = 1", "receiver_remember_days"),
+    ],
+)
+def test_malformed_receiver_settings_are_named(tmp_path, files, extra, named):
+    folder, merchant = files
+    with pytest.raises(SettingsError, match=named):
+        load_settings(toml(tmp_path, extra + "\n" + merchant_toml(folder, merchant)))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def read_notification_line(log_root: str | Path, log_file: str | Path, line_no: 
         receiver = {"unreadable": f"{type(exc).__name__}: {exc}", "bytes": len(raw.rstrip(b"\n"))}
         return NotificationLine(path, int(line_no), receiver, {}, {})
     receiver = {k: obj.get(k) for k in ("received_at", "mchid", "outcome", "reason", "notification_id", "reply_status")}
+    # a record of a refused request (format 2) keeps these instead of the body
+    receiver.update({k: obj[k] for k in ("peer", "path", "body_length", "body_sha256", "excerpt") if k in obj})
     sent = obj["headers"] if isinstance(obj.get("headers"), dict) else {}
     headers = {k: str(sent[k]) for k in _HEADER_FIELDS if k in sent}
     if "wechatpay-signature" in headers:
@@ -130,8 +133,13 @@ def read_notification_line(log_root: str | Path, log_file: str | Path, line_no: 
         headers["wechatpay-signature"] = f"{sig[:16]}… ({len(sig)} characters)"
     envelope: dict[str, Any] = {}
     body = obj.get("body")
+    if isinstance(obj.get("body_b64"), str):  # the exact bytes, in Base64 when that is shorter (format 2)
+        try:
+            body = base64.b64decode(obj["body_b64"], validate=True)
+        except ValueError:
+            body = None
     try:
-        message = json.loads(body) if isinstance(body, str) else None
+        message = json.loads(body) if isinstance(body, str | bytes) else None
     except ValueError:
         message = None
     if isinstance(message, dict):
@@ -142,6 +150,8 @@ def read_notification_line(log_root: str | Path, log_file: str | Path, line_no: 
             envelope["resource.ciphertext"] = f"({len(resource['ciphertext'])} Base64 characters, encrypted)"
     elif body is not None or "body_b64" in obj:
         envelope = {"body": "not a JSON object (the line's body is kept as received)"}
+    elif "body_length" in obj:
+        envelope = {"body": "not kept: the receiver refused the request and kept a bounded record of it"}
     return NotificationLine(
         path, int(line_no), mask_value("", receiver), mask_value("", headers), mask_value("", envelope)
     )

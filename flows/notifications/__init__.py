@@ -1,15 +1,18 @@
 """Payment notifications: received, logged durably, re-verified into the warehouse.
 
-The story in modules: ``receiver`` (the ``notify_url`` ASGI app: verify, decrypt, log, then answer) served by
-``server``; ``log`` (the durable notification log: one fsynced line per callback answered); and the
-re-verification: ``verification`` (:func:`verify_log`, its parent side and the log scan), ``checker`` (the
-per-line check in worker processes), ``lines`` (a log line and its decrypted payload read back), ``rows``
-(the Arrow rows and their flush), ``keys`` (:class:`MerchantKeys`).
+The story in modules: ``receiver`` (the ``notify_url`` ASGI app: verify, decrypt, log, then answer), with
+``guards`` (peer, per-peer refusal limit, free disk, counters), ``limits`` (its bounds) and ``rejected``
+(bounded records of refused requests in their own capped stream), served by ``server`` through
+``connections`` (uvicorn's HTTP/1.1 with head timeouts and a connection cap); ``log`` (the durable
+notification log: one fsynced line per callback answered), ``entry`` (one line of it) and ``seen`` (the
+ids of its last days); and the re-verification: ``verification`` (:func:`verify_log`, its parent side
+and the log scan), ``checker`` (the per-line check in worker processes), ``lines`` (a log line and its
+decrypted payload read back), ``rows`` (the Arrow rows and their flush), ``keys`` (:class:`MerchantKeys`).
 
 Re-verify the notification log into the warehouse: every line verified once, by its content hash.
 
 :func:`verify_log` reads the day files of a :class:`~flows.notifications.log.NotificationLog` (every
-merchant directory and ``_unrouted``) and, for each line, records where it is
+merchant directory, ``_rejected`` and the ``_unrouted`` of format 1) and, for each line, records where it is
 (``raw.notification_lines``); each distinct line content (SHA-256 of the line's bytes without
 its ``\\n``) is re-verified once and the result kept (``raw.notification_checks``, plus
 ``raw.notification_sub_orders`` for the sub orders of a verified notification). Tables:
@@ -21,8 +24,9 @@ Re-verifying a line is what the receiver did, judged again from the line alone:
 combine_mchid check, then a strict reading of the decrypted payload (amounts must be JSON
 integers of fen, times RFC 3339, ...). A line that fails is ``verified = false`` with the
 exception class and message: a finding, never a drop. So is a line of a merchant we hold no
-keys for (``UnknownMerchantError``), a rejected-413 line whose body was not kept
-(``PayloadTooLargeError``), and a line the log reader cannot read (an ``unreadable`` row in
+keys for (``UnknownMerchantError``), a record of a refused request, whose body was not kept
+(``BodyNotKept``, with its length, SHA-256 and the receiver's reason; a format-1 413 line without its body
+is ``PayloadTooLargeError``), and a line the log reader cannot read (an ``unreadable`` row in
 ``raw.notification_lines`` with a NULL hash; those are re-derived on every run).
 
 Incremental: a line content whose hash is in ``raw.notification_checks`` is not verified again,
@@ -45,8 +49,10 @@ third), JSON, the strict payload reading and DuckDB's compressed writes; the ben
 from __future__ import annotations
 
 from flows.notifications.checker import LogChangedError
+from flows.notifications.entry import LogEntry
 from flows.notifications.keys import MerchantKeys
-from flows.notifications.log import UNROUTED, LogEntry, NotificationLog
+from flows.notifications.limits import ReceiverLimits
+from flows.notifications.log import REJECTED, UNROUTED, NotificationLog
 from flows.notifications.receiver import NOTIFY_PATH, ReceiverMerchant, create_app
 from flows.notifications.rows import CHECKER_VERSION
 from flows.notifications.server import ReceiverServer, serve_receiver
@@ -55,11 +61,13 @@ from flows.notifications.verification import VerifyStats, verify_log
 __all__ = [
     "CHECKER_VERSION",
     "NOTIFY_PATH",
+    "REJECTED",
     "UNROUTED",
     "LogChangedError",
     "LogEntry",
     "MerchantKeys",
     "NotificationLog",
+    "ReceiverLimits",
     "ReceiverMerchant",
     "ReceiverServer",
     "VerifyStats",

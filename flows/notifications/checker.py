@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flows.notifications.keys import MerchantKeys
-from flows.notifications.lines import RFC3339, LineFailure, read_line, read_payload
+from flows.notifications.lines import RFC3339, LineFailure, body_not_kept, read_line, read_payload
 from flows.notifications.rows import BatchResult, BatchRows, unreadable_row
 from wxpay.errors import DecryptionError, MalformedNotificationError, UnsupportedAlgorithmError, WxPayError
 from wxpay.notify import open_notification
@@ -94,12 +94,10 @@ class Checker:
             opened = None
             try:
                 merchant = self.merchants.get(mchid)
+                if body is None:
+                    raise body_not_kept(raw, known_merchant=merchant is not None)
                 if merchant is None:
                     raise LineFailure("UnknownMerchantError", f"no keys configured for merchant {mchid!r}")
-                if body is None:
-                    raise LineFailure(
-                        "PayloadTooLargeError", "the receiver did not keep the body (over its size limit)"
-                    )
                 self.now = received_at.timestamp()  # the signature window is judged at arrival
                 try:
                     opened = open_notification(headers, body, verifier=merchant[0], api_v3_key=merchant[1])

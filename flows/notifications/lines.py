@@ -1,5 +1,5 @@
 """A notification-log line read back for re-verification: its fields, exactly as
-:class:`flows.notifications.log.LogEntry` reads them, and its decrypted payload, read strictly into the
+:class:`flows.notifications.entry.LogEntry` reads them, and its decrypted payload, read strictly into the
 combine order and one row per sub order. A line that does not pass raises :class:`LineFailure`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from flows.notifications.log import OUTCOMES, LogEntry
+from flows.notifications.entry import OUTCOMES, READ_VERSIONS, LogEntry
 
 try:  # optional: ~2x faster JSON; results are identical without it (see loads_json)
     import orjson as _orjson
@@ -66,7 +66,8 @@ def read_line(raw: bytes) -> tuple | str:
             pass
         else:
             if (
-                version == 1
+                version in READ_VERSIONS
+                and type(version) is int
                 and outcome in OUTCOMES
                 and type(text) is str
                 and type(mchid) is str
@@ -106,6 +107,24 @@ def read_line(raw: bytes) -> tuple | str:
         dict(entry.headers),
         entry.body_bytes,
         entry.reply_status,
+    )
+
+
+def body_not_kept(raw: bytes, *, known_merchant: bool) -> LineFailure:
+    """The finding for a line without its body (which cannot be re-verified): a record of a refused request
+    (format 2) is ``BodyNotKept`` with its length, digest and the receiver's answer; a format-1 line is what
+    it always was (``UnknownMerchantError``, else ``PayloadTooLargeError``)."""
+    entry = LogEntry.from_json(json.loads(raw))
+    if not entry.is_record:
+        if not known_merchant:
+            return LineFailure("UnknownMerchantError", f"no keys configured for merchant {entry.mchid!r}")
+        return LineFailure("PayloadTooLargeError", "the receiver did not keep the body (over its size limit)")
+    read = "" if entry.body_complete else " (it stopped reading there)"
+    where = f" to {entry.path}" if entry.path and entry.mchid.startswith("_") else ""
+    return LineFailure(
+        "BodyNotKept",
+        f"the receiver kept a record, not the body: {entry.body_length} bytes{read}, sha256 {entry.body_sha256};"
+        f" it answered {entry.reply_status}{where}: {entry.reason}",
     )
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from flows.notifications.checker import Batch, Checker, check_in_worker, init_worker
 from flows.notifications.keys import MerchantKeys
-from flows.notifications.log import UNROUTED, NotificationLog
+from flows.notifications.log import REJECTED, UNROUTED, NotificationLog
 from flows.notifications.rows import BatchResult, unreadable_result, write_results
 
 LOOKUP_LINES = 65536
@@ -36,7 +36,9 @@ def day_files(log: NotificationLog, start: date, end: date) -> list[tuple[str, P
     if not log.root.is_dir():
         return []
     names = sorted(
-        p.name for p in log.root.iterdir() if p.is_dir() and (p.name == UNROUTED or _MCHID_DIR.match(p.name))
+        p.name
+        for p in log.root.iterdir()
+        if p.is_dir() and (p.name in (UNROUTED, REJECTED) or _MCHID_DIR.match(p.name))
     )
     found = []
     for name in names:
@@ -261,7 +263,7 @@ def verify_log(
 
     ``con`` is a warehouse connection (:func:`flows.warehouse.connect`); pending migrations are
     applied first. ``merchants`` maps each receiving mchid to its :class:`MerchantKeys`; lines
-    of other merchants (and ``_unrouted`` lines of unknown ones) are findings
+    of other merchants (and records of requests to unknown paths) are findings
     (``UnknownMerchantError``). See the package docstring for what is recorded.
     """
     from flows.warehouse import migrate  # the warehouse pulls in DuckDB; workers never need it

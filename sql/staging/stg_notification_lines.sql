@@ -30,9 +30,12 @@ select
     lines.log_file,
     lines.line_no,
     lines.line_sha256,
-    -- a callback to a path no merchant is configured for is filed under _unrouted, whatever it claims
+    -- a callback to a path no merchant is configured for is filed under _unrouted, whatever it claims (format 2
+    -- writes mchid '_unrouted' in its record under _rejected/; format 1 used an _unrouted/ directory); an
+    -- unreadable line of _rejected/ names no merchant either
     case
         when starts_with(lines.log_file, '_unrouted/') then '_unrouted'
+        when lines.mchid is null and starts_with(lines.log_file, '_rejected/') then '_unrouted'
         else coalesce(lines.mchid, split_part(lines.log_file, '/', 1))
     end as mchid,
     lines.outcome,
