@@ -38,6 +38,24 @@ SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness", "prefec
 (``pytestmark = pytest.mark.slow``: notebooks, the demo, the command line). ``-m "not slow"`` is the quick loop."""
 
 
+SLOW_MODULES = (
+    "test_cli.py",
+    "test_demo.py",
+    "test_deployments.py",
+    "test_flows.py",
+    "test_notebooks.py",
+    "test_readme.py",
+    "test_receiver_faults.py",
+)
+"""Modules whose every test is slow: the quick loop does not even import them (Prefect, Jupyter, pandas)."""
+
+
+def pytest_ignore_collect(collection_path, config):
+    if config.getoption("markexpr", "") == "not slow" and collection_path.name in SLOW_MODULES:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):

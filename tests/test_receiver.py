@@ -478,6 +478,7 @@ for i in range(25):
 """
 
 
+@pytest.mark.slow  # hundreds of requests or connections, or processes
 def test_writers_in_two_processes_never_interleave_and_accept_an_id_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -507,6 +508,7 @@ def test_writers_in_two_processes_never_interleave_and_accept_an_id_once(tmp_pat
 # --- under attack: bounded records, caps, refusal limit, free disk, slow bodies -----------------------------
 
 
+@pytest.mark.slow  # hundreds of requests or connections, or processes
 def test_records_of_refused_requests_stop_at_their_cap_while_valid_callbacks_are_still_logged(harness, sim, caplog):
     caplog.set_level(logging.WARNING, logger="flows.notifications.receiver")
     limits = ReceiverLimits(rejected_day_bytes=16 * 1024, rejected_total_bytes=64 * 1024)
@@ -567,6 +569,7 @@ def test_the_total_cap_of_records_removes_the_oldest_days_first(tmp_path, caplog
     assert "to keep" in caplog.text
 
 
+@pytest.mark.slow  # hundreds of requests or connections, or processes
 def test_a_peer_refused_too_often_is_answered_429_before_its_request_is_read(harness, sim, initiator):
     ticks = [1000.0]  # the receiver's monotonic clock, moved by the test
     limits = ReceiverLimits(refused_per_minute=60, refused_burst=3, rate_limit_loopback=True, body_timeout=120)
@@ -592,6 +595,7 @@ def test_a_peer_refused_too_often_is_answered_429_before_its_request_is_read(har
     assert (counters["rate_limited"], counters["refused_401"], counters["accepted"]) == (3, 5, 1)
 
 
+@pytest.mark.slow  # hundreds of requests or connections, or processes
 def test_loopback_peers_are_not_limited_unless_asked(harness):
     harness.start(limits=ReceiverLimits(refused_per_minute=60, refused_burst=2))
     assert {harness.post(b"{}", {}).status_code for _ in range(10)} == {401}
@@ -685,6 +689,7 @@ def signed_callbacks(harness, count: int) -> list[tuple[dict[str, str], bytes]]:
     return signed
 
 
+@pytest.mark.slow  # hundreds of requests or connections, or processes
 @pytest.mark.parametrize("slow", [200])
 def test_slow_connections_cannot_starve_valid_callbacks_and_are_closed_after_the_head_timeout(harness, slow):
     import selectors
