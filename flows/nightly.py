@@ -55,6 +55,7 @@ from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings, load_settings
 from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
+from flows.warehouse import cursor as warehouse_cursor
 from wxpay.bills import BillRequest
 from wxpay.errors import BillError, BillNotReadyError, WxPayError
 from wxpay.verifying import public_key_pem
@@ -168,7 +169,7 @@ def bill_task(
     logger = get_run_logger()
     merchant = settings.merchant(mchid)
     archive = BillArchive(settings.archive_root)
-    with gate, merchant.client(settings.api_base_url) as client, con.cursor() as cursor:
+    with gate, merchant.client(settings.api_base_url) as client, warehouse_cursor(con) as cursor:
         first_try = started.setdefault(mchid, now())
         try:
             result = ingest_bill(
@@ -394,7 +395,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
         con = open_warehouse(
-            settings.warehouse_path, memory_limit=settings.memory_limit, wait=settings.warehouse_wait_seconds
+            settings.warehouse_target, memory_limit=settings.memory_limit, wait=settings.warehouse_wait_seconds
         )
         try:
             _step("fetch and load bills")

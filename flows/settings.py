@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -46,6 +46,7 @@ from pydantic_settings import (
 
 from flows.notifications.limits import ReceiverLimits
 from flows.sources import LocalOrdersSource, LocalRefundsSource
+from flows.warehouse.lake import Lake
 from wxpay import DEFAULT_BASE_URL, Client, Verifier
 from wxpay.verifying import PUBLIC_KEY_ID_PREFIX
 
@@ -189,6 +190,38 @@ class MerchantConfig(BaseModel):
         return Client(**options, **kw)
 
 
+class DuckLakeConfig(BaseModel):
+    """Where the DuckLake warehouse lives (``warehouse_backend = "ducklake"``): its catalog and data files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog: SecretStr  # "postgres:dbname=lake host=10.0.0.5 user=recon password=…", or a local "….ducklake" file
+    data_path: str = Field(min_length=1)  # "s3://bucket/prefix/" (S3-compatible storage) or a shared directory
+    s3_endpoint: str | None = None  # host:port of MinIO, Ceph, OSS, COS…; unset for AWS S3
+    s3_key_id: SecretStr | None = None  # unset: the credential chain (environment, instance profile)
+    s3_secret: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_url_style: Literal["path", "vhost"] = "path"
+    s3_use_ssl: bool = True
+
+    @field_validator("catalog", "s3_key_id", "s3_secret", mode="before")
+    @classmethod
+    def _secret_blocks(cls, value: Any) -> Any:
+        return _resolve_secret(value)
+
+    def lake(self) -> Lake:
+        return Lake(
+            catalog=self.catalog.get_secret_value(),
+            data_path=self.data_path,
+            s3_endpoint=self.s3_endpoint,
+            s3_key_id=self.s3_key_id.get_secret_value() if self.s3_key_id else None,
+            s3_secret=self.s3_secret.get_secret_value() if self.s3_secret else None,
+            s3_region=self.s3_region,
+            s3_url_style=self.s3_url_style,
+            s3_use_ssl=self.s3_use_ssl,
+        )
+
+
 class AlertConfig(BaseModel):
     """Where alerts go and when they are worth sending."""
 
@@ -240,6 +273,8 @@ class Settings(BaseSettings):
     local_refunds: LocalRefundsSource | None = None
     local_window_days: int = Field(default=3, ge=1, le=31)  # days read around the bill day
     data_dir: Path = Path("var")
+    warehouse_backend: Literal["duckdb", "ducklake"] = "duckdb"  # a DuckDB file, or a DuckLake (ducklake)
+    ducklake: DuckLakeConfig | None = None
     warehouse: Path | None = None  # default <data_dir>/warehouse.duckdb
     archive: Path | None = None  # default <data_dir>/archive
     notification_log: Path | None = None  # default <data_dir>/notifications
@@ -311,6 +346,8 @@ class Settings(BaseSettings):
         ids = [m.mchid for m in self.merchants]
         if len(set(ids)) != len(ids):
             raise ValueError("merchants: a mchid appears twice")
+        if self.warehouse_backend == "ducklake" and self.ducklake is None:
+            raise ValueError("warehouse_backend = 'ducklake' needs [ducklake] catalog and data_path")
         if self.receiver_rejected_day_bytes > self.receiver_rejected_total_bytes:
             raise ValueError("receiver_rejected_day_bytes cannot exceed receiver_rejected_total_bytes")
         return self
@@ -337,7 +374,16 @@ class Settings(BaseSettings):
 
     @property
     def warehouse_path(self) -> Path:
+        """The DuckDB file (the default backend); with DuckLake, where this machine keeps its run lock."""
         return self.warehouse or self.data_dir / "warehouse.duckdb"
+
+    @property
+    def warehouse_target(self) -> Path | Lake:
+        """What :func:`flows.warehouse.connect` opens: the file, or the lake."""
+        if self.warehouse_backend == "ducklake":
+            assert self.ducklake is not None  # checked when the settings load
+            return self.ducklake.lake()
+        return self.warehouse_path
 
     @property
     def archive_root(self) -> Path:

@@ -31,12 +31,27 @@ pytest_plugins = [
     "tests.clock",  # every run on a day of its own (WXRECON_TEST_NOW reproduces one)
     "tests.dbservers",  # real PostgreSQL and MariaDB servers, started per session
     "tests.prefectserver",  # a real Prefect server, for the tests that deploy
+    "tests.lakeservers",  # an S3-compatible server and DuckLakes on it, for the DuckLake tests
 ]
 
-SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness", "prefect_server"}
+SLOW_FIXTURES = {"postgres_server", "mariadb_server", "prefect_harness", "prefect_server", "s3_server", "lake"}
 """A test that starts a database server or Prefect's harness is slow; so are whole modules that say so
 (``pytestmark = pytest.mark.slow``: notebooks, the demo, the command line). ``-m "not slow"`` is the quick loop."""
 
+
+def _lake_environment() -> bool:
+    """Whether this is the DuckLake environment (.venv-lake: DuckDB 1.5.5 with the ducklake extra)."""
+    import importlib.util
+
+    import duckdb
+
+    return duckdb.__version__.startswith("1.5") and importlib.util.find_spec("duckdb_extensions") is not None
+
+
+LAKE = _lake_environment()
+LAKE_MODULES = ("test_lake.py",)
+"""Modules that need DuckLake: they run in the DuckLake environment, which runs nothing else (./scripts/test
+runs the suite in both environments; a test never skips for a missing extension)."""
 
 SLOW_MODULES = (
     "test_cli.py",
@@ -51,12 +66,20 @@ SLOW_MODULES = (
 
 
 def pytest_ignore_collect(collection_path, config):
-    if config.getoption("markexpr", "") == "not slow" and collection_path.name in SLOW_MODULES:
+    name = collection_path.name
+    if name.startswith("test_") and name.endswith(".py") and (name in LAKE_MODULES) != LAKE:
+        return True
+    if config.getoption("markexpr", "") == "not slow" and name in SLOW_MODULES:
         return True
     return None
 
 
 def pytest_collection_modifyitems(config, items):
+    # files named on the command line are collected whatever pytest_ignore_collect says: deselect here
+    elsewhere = [item for item in items if (item.path.name in LAKE_MODULES) != LAKE]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

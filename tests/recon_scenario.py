@@ -23,7 +23,7 @@ import wxpay
 from flows.bills import BillArchive, ingest_bill
 from flows.notifications import MerchantKeys, NotificationLog, ReceiverMerchant, create_app, serve_receiver, verify_log
 from flows.sources import LOCAL_ORDER_SCHEMA, LOCAL_REFUND_SCHEMA
-from flows.warehouse import connect, migrate
+from flows.warehouse import Lake, connect, migrate
 from tests.conftest import APPID, INITIATOR, PARTICIPANTS, NotifyTransport
 from wxpay.bills import BillRequest
 from wxpay.models import BEIJING
@@ -69,7 +69,7 @@ EXPECTED = {
 class Scenario:
     sim: Simulator
     root: Path
-    warehouse: Path  # bills and notifications loaded; no local records yet
+    warehouse: Path | Lake  # bills and notifications loaded; no local records yet
     log: NotificationLog
     archive: BillArchive
     orders: list[dict]  # the merchant's records (canonical local order rows)
@@ -181,13 +181,14 @@ class World:
     def row(self, out_trade_no):
         return next(r for r in self.orders if r["out_trade_no"] == out_trade_no)
 
-    def finish(self, days) -> Scenario:
-        """Load the bills of ``days`` (as of 10:00 the day after the last) and verify the log."""
+    def finish(self, days, warehouse: Path | Lake | None = None) -> Scenario:
+        """Load the bills of ``days`` (as of 10:00 the day after the last) and verify the log, into ``warehouse``
+        (a DuckDB file under the root by default, or a DuckLake)."""
         self.client.close()
         scenario = Scenario(
             self.sim,
             self.root,
-            self.root / "warehouse.duckdb",
+            warehouse or self.root / "warehouse.duckdb",
             self.log,
             BillArchive(self.root / "archive"),
             self.orders,
@@ -227,7 +228,7 @@ def build_clean(root: Path, merchant_pool) -> Scenario:
     return world.finish([D])
 
 
-def build(root: Path, merchant_pool) -> Scenario:
+def build(root: Path, merchant_pool, warehouse: Path | Lake | None = None) -> Scenario:
     """Run the simulated days; leave a warehouse with the bills of D-2..D and the verified log."""
     world = World(root, merchant_pool, seed=11, start=at(D - timedelta(days=2), 9))
     sim, initiator, orders, refunds = world.sim, world.initiator, world.orders, world.refunds
@@ -347,7 +348,7 @@ def build(root: Path, merchant_pool) -> Scenario:
         }
     )  # a closed refund: no item
 
-    return world.finish([D - timedelta(days=2), D - timedelta(days=1), D])
+    return world.finish([D - timedelta(days=2), D - timedelta(days=1), D], warehouse)
 
 
 def close(scenario: Scenario) -> None:

@@ -79,12 +79,13 @@ def record_bill_fetch(
     detail: str | None = None,
     archive_sha1: str | None = None,
 ) -> None:
-    """Remember what asking for a bill gave: ``loaded``, ``no_statement`` (an empty day), ``not_ready``, ``failed``."""
+    """Remember what asking for a bill gave: ``loaded``, ``no_statement`` (an empty day), ``not_ready``, ``failed``
+    (appended to ``raw.bill_fetch_log``; ``raw.bill_fetches`` shows the latest per bill)."""
     if outcome not in ("loaded", "no_statement", "not_ready", "failed"):
         raise ValueError(f"unknown bill fetch outcome {outcome!r}")
     con.execute(
-        "insert or replace into raw.bill_fetches (mchid, bill_type, bill_date, outcome, detail, archive_sha1,"
-        " fetched_at) values (?, ?, ?, ?, ?, ?, ?)",
+        "insert into raw.bill_fetch_log (mchid, bill_type, bill_date, outcome, detail, archive_sha1, fetched_at)"
+        " values (?, ?, ?, ?, ?, ?, ?)",
         [mchid, bill_type, bill_date, outcome, detail, archive_sha1, datetime.now(UTC)],
     )
 

@@ -117,8 +117,10 @@ class VerificationRun:
         self.recheck: list[bytes] = []  # failed contents verified again: their old rows go first
         # writes run in a thread on their own cursor (DuckDB works without the GIL), so reading, hashing
         # and feeding the workers go on while a flush is written
-        self.wcon = con.cursor()
-        self.rcon = con.cursor()  # lookups, on a cursor of our own: whatever the caller left open on con
+        from flows.warehouse import cursor  # the warehouse pulls in DuckDB; workers never need it
+
+        self.wcon = cursor(con)
+        self.rcon = cursor(con)  # lookups, on a cursor of our own: whatever the caller left open on con
         self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="notification-writer")
         self.writing: concurrent.futures.Future | None = None
         self.lines_seen = self.newly_verified = self.failed = 0

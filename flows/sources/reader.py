@@ -172,6 +172,12 @@ def _connectorx(url: str, sql: str, source: LocalSource) -> pa.Table:
         raise
 
 
+def _parquet_null_columns(con: duckdb.DuckDBPyConnection, paths: str) -> set[str]:
+    """Columns whose Parquet logical type is NULL in every file that has them (all-null columns written untyped)."""
+    sql = f"select name from parquet_schema({paths}) group by name having bool_and(logical_type = 'NullType()')"  # noqa: S608
+    return {name for (name,) in con.execute(sql).fetchall()}
+
+
 def _fetch_files(source: LocalSource, window: _Window) -> tuple[pa.Table, bool]:
     paths = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in source.paths) + "]"
     if source.kind == "parquet":
@@ -191,6 +197,8 @@ def _fetch_files(source: LocalSource, window: _Window) -> tuple[pa.Table, bool]:
         probe = con.sql("SELECT * FROM source LIMIT 0").to_arrow_table()
         select = ", ".join(_selected(source, probe.column_names, "duckdb"))
         types = dict(zip(probe.column_names, probe.schema.types, strict=True))
+        nulls = _parquet_null_columns(con, paths) if source.kind == "parquet" else set()
+        types |= dict.fromkeys(nulls & types.keys(), pa.null())  # DuckDB 1.5 reads a Parquet null column as INTEGER
         used = set()
 
         def render(name: str) -> str:
@@ -199,7 +207,12 @@ def _fetch_files(source: LocalSource, window: _Window) -> tuple[pa.Table, bool]:
 
         where = _window_predicate(source, types, render, "duckdb", text_cast=True)
         sql = f"SELECT {select} FROM source WHERE {where}"  # noqa: S608  quoted identifiers, bind parameters
-        return con.sql(sql, params={k: v for k, v in params.items() if k in used}).to_arrow_table(), True
+        table = con.sql(sql, params={k: v for k, v in params.items() if k in used}).to_arrow_table()
+        for canonical in source.schema_.names:  # keep such columns null-typed, as DuckDB 2.0 returns them
+            if source.column(canonical) in nulls and not pa.types.is_null(table.schema.field(canonical).type):
+                index = table.schema.get_field_index(canonical)
+                table = table.set_column(index, canonical, pa.nulls(table.num_rows, pa.null()))
+        return table, True
     except duckdb.IOException as exc:  # missing or unreadable files
         raise LocalSourceError(f"cannot read {source.label}: {exc}") from exc
     except duckdb.Error as exc:  # e.g. an error in the operator's query: keep DuckDB's message, add which source

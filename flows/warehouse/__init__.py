@@ -19,7 +19,11 @@ milli-fen, times TIMESTAMPTZ converted from Beijing time)::
 
 ``bill_mchid`` is the merchant whose bill it is (the load key); ``mchid`` is the 商户号 column.
 
-Modules: ``connection`` (open, transactions, the memory limit of a load), ``migrations``,
+Two backends, chosen by settings (``warehouse_backend``): a DuckDB file (the default), or a DuckLake —
+a catalog database plus Parquet files on shared storage — that many processes on many machines write
+and read at once (``lake``; its few differences are listed there).
+
+Modules: ``connection`` (open, transactions, the memory limit of a load), ``lake`` (DuckLake), ``migrations``,
 ``models`` (views, tables and checks from ``sql/``, in dependency order), ``locks`` (one run at a
 time; patience with readers). Bills are loaded by :mod:`flows.bills`, the reconciliation by
 :mod:`flows.recon`: the warehouse itself only runs SQL.
@@ -31,10 +35,13 @@ from flows.warehouse.connection import (
     DEFAULT_MEMORY_LIMIT,
     LOAD_MEMORY_LIMIT,
     connect,
+    cursor,
+    is_lake,
     lowered_memory_limit,
     quote_literal,
     transaction,
 )
+from flows.warehouse.lake import Lake, LakeUnavailable, current_snapshot, is_conflict
 from flows.warehouse.locks import RunInProgress, WarehouseBusy, open_warehouse, run_lock
 from flows.warehouse.migrations import migrate
 from flows.warehouse.models import SQL_DIR, build_tables, run_checks, run_models, run_statement
@@ -43,10 +50,16 @@ __all__ = [
     "DEFAULT_MEMORY_LIMIT",
     "LOAD_MEMORY_LIMIT",
     "SQL_DIR",
+    "Lake",
+    "LakeUnavailable",
     "RunInProgress",
     "WarehouseBusy",
     "build_tables",
     "connect",
+    "current_snapshot",
+    "cursor",
+    "is_conflict",
+    "is_lake",
     "lowered_memory_limit",
     "migrate",
     "open_warehouse",

@@ -1,4 +1,4 @@
-"""A connection to the warehouse file, its memory limit, transactions and SQL literals."""
+"""A connection to the warehouse (a DuckDB file, or a DuckLake), its memory limit, transactions and SQL literals."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 
 import duckdb
 
+from flows.warehouse.lake import Lake, open_lake
+
 DEFAULT_MEMORY_LIMIT = "4GB"
 LOAD_MEMORY_LIMIT = "512MB"
 """DuckDB's memory_limit while a bill loads (a higher limit of the connection is restored after).
@@ -21,28 +23,55 @@ at about 0.66 GB RSS with it, 0.86 GB under the 4GB default (``bench/README.md``
 
 
 def connect(
-    path: str | Path,
+    target: str | Path | Lake,
     *,
     read_only: bool = False,
     memory_limit: str | None = None,
     temp_directory: str | Path | None = None,
     threads: int | None = None,
+    snapshot: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse file with ``preserve_insertion_order=false`` (1.1–1.2x faster loads).
+    """Open the warehouse — a DuckDB file, or a :class:`~flows.warehouse.lake.Lake` — with
+    ``preserve_insertion_order=false`` (1.1–1.2x faster loads).
 
     ``memory_limit`` bounds DuckDB's buffer pool (default :data:`DEFAULT_MEMORY_LIMIT`, 4GB:
     a 20M×20M reconciliation join fits in 2GB; beyond the limit DuckDB spills; bill loads lower
     it to :data:`LOAD_MEMORY_LIMIT` while they run); ``temp_directory`` is where it spills (DuckDB's default:
-    ``<path>.tmp``). The session time zone is left alone: the SQL here never depends on it.
+    ``<path>.tmp``). The session time zone is left alone: the SQL here never depends on it. ``snapshot``
+    (DuckLake only) opens the lake as it was at that snapshot, read-only.
     """
     config: dict[str, Any] = {"preserve_insertion_order": False, "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT}
     if temp_directory is not None:
         config["temp_directory"] = str(temp_directory)
     if threads:
         config["threads"] = threads
-    con = duckdb.connect(str(path), read_only=read_only, config=config)
+    if isinstance(target, Lake):
+        con = open_lake(target, config, read_only=read_only or snapshot is not None, snapshot=snapshot)
+        _LAKES.add(con)
+    else:
+        if snapshot is not None:
+            raise ValueError("a snapshot can be read from a DuckLake only; a DuckDB file keeps no history")
+        con = duckdb.connect(str(target), read_only=read_only, config=config)
     _LIMITS[con] = config["memory_limit"]
     return con
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor of ``con`` for another thread, on the same default database (a DuckLake's ``lake``)."""
+    cur = con.cursor()
+    if con in _LAKES:
+        cur.execute("use lake")
+        _LAKES.add(cur)
+    _LIMITS[cur] = _LIMITS.get(con) or cur.execute("select current_setting('memory_limit')").fetchone()[0]
+    return cur
+
+
+def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` is a DuckLake connection (its SQL differs in a few documented ways)."""
+    return con in _LAKES
+
+
+_LAKES: weakref.WeakSet[duckdb.DuckDBPyConnection] = weakref.WeakSet()
 
 
 _LIMITS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str] = weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from flows.warehouse.connection import connect
+from flows.warehouse.lake import Lake
 from flows.warehouse.migrations import migrate
 
 
@@ -55,20 +56,29 @@ def _held(exc: Exception) -> bool:
 
 
 def open_warehouse(
-    path: Path,
+    target: Path | Lake,
     *,
     read_only: bool = False,
     memory_limit: str | None = None,
     wait: float = 120.0,
     poll: float = 0.5,
+    snapshot: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """Open (and, writable, migrate) the warehouse, retrying while another process holds the file."""
+    """Open (and, writable, migrate) the warehouse, retrying while another process holds the file.
+
+    A DuckLake (``target`` a :class:`Lake`) is never held: its writers and readers work side by side."""
+    if isinstance(target, Lake):
+        con = connect(target, read_only=read_only, memory_limit=memory_limit, snapshot=snapshot)
+        if not read_only and snapshot is None:
+            migrate(con)
+        return con
+    path = target
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
     while True:
         try:
-            con = connect(path, read_only=read_only, memory_limit=memory_limit)
+            con = connect(path, read_only=read_only, memory_limit=memory_limit, snapshot=snapshot)
             break
         except duckdb.IOException as exc:
             if not _held(exc) or time.monotonic() >= deadline:
