@@ -30,38 +30,34 @@ Every step is a plain function elsewhere; the tasks here only wire them. Callers
 these annotations when a worker loads the flow in a fresh process.)
 """
 
-import contextvars
+import concurrent.futures
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+import uuid
+from collections.abc import Callable
+from datetime import date, timedelta
 
 import duckdb
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerts import Alert, AlertNotDelivered, DayReport, compose, day_report, send
-from flows.bills import BillArchive, IngestResult, ingest_bill, record_bill_fetch, settled_merchants
-from flows.clock import Clock, beijing_date, wall_clock
+from flows.bills import settled_merchants
+from flows.clock import Clock, beijing_date
+from flows.context import run_clock, settings_for, using
+from flows.fanout import TRADE_BILL, batches, bills_task, not_ready_delays, outcomes_of, retry_delays
 from flows.money import fmt_yuan
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
-from flows.outcome import ADVICE, DayOutcome, Kind, Problem, classify
+from flows.outcome import ADVICE, DayOutcome, Kind, Problem
 from flows.recon import ReconParams, ReconResult, reconcile
-from flows.settings import Settings, load_settings
+from flows.settings import Settings
 from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
-from flows.warehouse import cursor as warehouse_cursor
-from wxpay.bills import BillRequest
-from wxpay.errors import BillError, BillNotReadyError, WxPayError
 from wxpay.verifying import public_key_pem
 
-_settings: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("wxrecon_settings", default=None)
-_clock: contextvars.ContextVar[Clock] = contextvars.ContextVar("wxrecon_clock", default=wall_clock)
+__all__ = ["BillDateError", "backfill", "not_ready_delays", "reconcile_day", "run_clock", "run_day", "using"]
 
 progress_hook: Callable[[str, int, int], None] | None = None
 """Set by the command line to draw progress: called with ("step: <name>", k, len(STEPS)) as the run moves
@@ -69,8 +65,6 @@ from step to step, with ("merchants", done, total) as merchants' bills are settl
 as a backfill moves from day to day."""
 
 STEPS = ("fetch and load bills", "read local records", "verify notifications", "reconcile", "data checks", "alert")
-MAX_RETRY_SECONDS = 1800.0
-TRADE_BILL = "trade_all"
 
 
 class BillDateError(ValueError):
@@ -87,33 +81,6 @@ def _step(name: str) -> None:
     _progress(f"step: {name}", STEPS.index(name) + 1, len(STEPS))
 
 
-@contextmanager
-def using(settings: Settings, *, clock: Clock | None = None) -> Iterator[Settings]:
-    """Run flows with these settings instead of reading them, and on ``clock`` instead of the wall clock
-    (the demo's simulated world, tests)."""
-    token = _settings.set(settings)
-    clock_token = _clock.set(clock) if clock is not None else None
-    try:
-        yield settings
-    finally:
-        if clock_token is not None:
-            _clock.reset(clock_token)
-        _settings.reset(token)
-
-
-def run_clock() -> Clock:
-    """The clock of runs started here: the wall clock, or the one :func:`using` gave.
-
-    (Flows read it through this function: Prefect pickles a served flow's function by value, and a
-    ``ContextVar`` it named directly would not pickle.)"""
-    return _clock.get()
-
-
-def _settings_for(config: str | None) -> Settings:
-    given = _settings.get()
-    return given if given is not None and config is None else load_settings(config)
-
-
 def check_bill_date(bill_date: date, today: date) -> None:
     """Refuse a day that is today or later (Beijing): nothing about it can be reconciled yet."""
     if bill_date >= today:
@@ -121,92 +88,6 @@ def check_bill_date(bill_date: date, today: date) -> None:
             f"bill_date {bill_date} is not over yet in Beijing (today is {today}): WeChat Pay publishes a day's"
             " bill after 10:00 the next day"
         )
-
-
-def not_ready_delays(first: float, deadline: float, cap: float = MAX_RETRY_SECONDS) -> list[float]:
-    """The waits between "not ready yet" answers: ``first``, doubling, at most ``cap``, until they cover
-    ``deadline`` seconds (one more try at the end)."""
-    delays: list[float] = []
-    wait = first
-    while sum(delays) < deadline:
-        delays.append(min(wait, cap))
-        wait *= 2
-    return delays or [first]
-
-
-@dataclass(frozen=True)
-class Late:
-    mchid: str
-    bill_date: date
-    waited_seconds: float
-
-
-def _retryable(task, task_run, state) -> bool:
-    """Retry a task only when WeChat Pay (or the network) says another try can help ("not ready yet" is one)."""
-    try:
-        state.result()
-    except WxPayError as exc:
-        return exc.retryable
-    except Exception:  # anything else is a bug or bad data: retrying will not help
-        return False
-    return False
-
-
-@task(name="fetch and load bill", retry_condition_fn=_retryable, cache_policy=NO_CACHE)
-def bill_task(
-    con: duckdb.DuckDBPyConnection,
-    settings: Settings,
-    mchid: str,
-    bill_date: date,
-    gate: threading.Semaphore,
-    started: dict[str, datetime],
-    now: Clock,
-) -> IngestResult | Late:
-    """Apply for one merchant's trade bill and load it while it downloads into the archive (one transaction
-    for the day, committed once the SHA-1 matched). "Not ready yet" raises, for Prefect to retry later,
-    until the merchant's deadline (counted from its first try, on the run's clock); then it is late. A
-    bill that fails to load is recorded as ``failed`` in ``raw.bill_fetches`` and raised."""
-    logger = get_run_logger()
-    merchant = settings.merchant(mchid)
-    archive = BillArchive(settings.archive_root)
-    with gate, merchant.client(settings.api_base_url) as client, warehouse_cursor(con) as cursor:
-        first_try = started.setdefault(mchid, now())
-        try:
-            result = ingest_bill(
-                cursor,
-                client,
-                archive,
-                BillRequest.trade(bill_date),
-                url_lifetime=settings.bill_url_lifetime,
-                memory_limit=None,  # the flow holds the load limit for the whole step
-            )
-        except BillNotReadyError:
-            waited = (now() - first_try).total_seconds()
-            if waited >= settings.bill_ready_deadline.total_seconds():
-                logger.warning("bill of %s for %s not ready after %.0f s: late", mchid, bill_date, waited)
-                return Late(mchid, bill_date, waited)
-            logger.info(
-                "bill of %s for %s not ready yet (%.0f s so far): Prefect tries again", mchid, bill_date, waited
-            )
-            raise
-        except BillError as exc:
-            record_bill_fetch(cursor, mchid, TRADE_BILL, bill_date, "failed", detail=str(exc)[:500])
-            raise
-    if result.load is None:
-        logger.info("bill of %s for %s: no trades that day (NO_STATEMENT_EXIST)", mchid, bill_date)
-    else:
-        bill = result.archived
-        logger.info(
-            "bill of %s for %s: %d rows loaded (%s path, %.1f s), %s bytes gz, sha1 %s",
-            mchid,
-            bill_date,
-            result.load.row_count,
-            result.load.loader,
-            result.load.seconds,
-            f"{bill.path.stat().st_size:,}" if bill and bill.path.exists() else "?",
-            result.load.archive_sha1,
-        )
-    return result
 
 
 @task(name="read local records", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
@@ -343,50 +224,84 @@ def final_state(outcome: DayOutcome) -> State:
     return Completed(message=f"{outcome.bill_date}: {outcome.exceptions} exceptions", data=outcome)
 
 
-def _fetch_and_load(con, settings: Settings, bill_date: date, refetch: bool, now: Clock, outcome: DayOutcome) -> None:
+def _fetch_and_load(
+    con, settings: Settings, config: str | None, bill_date: date, refetch: bool, now: Clock, outcome: DayOutcome
+) -> None:
+    """The night's merchants in units (:mod:`flows.fanout`): in this process, or on the workers of
+    ``bills_deployment``; each merchant's outcome read back from the warehouse afterwards."""
     logger = get_run_logger()
+    run_id = uuid.uuid4().hex
     outcome.kept = [] if refetch else sorted(settled_merchants(con, TRADE_BILL, bill_date) & set(settings.mchids))
     todo = [m for m in settings.mchids if m not in outcome.kept]
     if outcome.kept:
         logger.info("%d merchants' bills were loaded by an earlier run of %s: kept", len(outcome.kept), bill_date)
     total = len(settings.mchids)
-    _progress("merchants", len(outcome.kept), total)
-    delays = not_ready_delays(settings.bill_retry_seconds, settings.bill_ready_deadline.total_seconds())
-    fetch = bill_task.with_options(retries=len(delays), retry_delay_seconds=delays)
-    gate = threading.BoundedSemaphore(settings.concurrency)
-    started: dict[str, datetime] = {}
-    with lowered_memory_limit(con, LOAD_MEMORY_LIMIT):
-        futures = fetch.map(
-            unmapped(con),
-            unmapped(settings),
-            todo,
-            unmapped(bill_date),
-            unmapped(gate),
-            unmapped(started),
-            unmapped(now),
-        )
-        for done, (mchid, future) in enumerate(zip(todo, futures, strict=True), start=len(outcome.kept) + 1):
-            state = future.wait() or future.state
-            if state.is_completed():
-                result = future.result()
-                if isinstance(result, Late):
-                    text = f"bill of {mchid} for {bill_date} not ready after {result.waited_seconds:.0f} s"
-                    outcome.problems.append(Problem(Kind.LATE, text, mchid))
-                else:
-                    (outcome.loaded if result.outcome == "loaded" else outcome.empty).append(mchid)
-            else:
-                error = future.result(raise_on_failure=False)
-                kind = classify(error)
-                text = f"bill of {mchid} for {bill_date}: {type(error).__name__}: {error}"
-                outcome.problems.append(Problem(kind, text, mchid))
-                logger.error("%s (%s)", text, kind.value)
+    done = len(outcome.kept)
+    _progress("merchants", done, total)
+    units = batches(todo, settings.bills_batch_size)
+    if settings.bills_deployment and units:
+        done = _remote_units(settings, units, bill_date, run_id, refetch, done, total)
+    elif units:
+        delays = retry_delays(settings)
+        unit = bills_task.with_options(retries=len(delays), retry_delay_seconds=delays)
+        with lowered_memory_limit(con, LOAD_MEMORY_LIMIT):
+            for start in range(0, len(units), settings.concurrency):  # at most `concurrency` units at a time
+                wave = units[start : start + settings.concurrency]
+                futures = [unit.submit(con, config, batch, bill_date, run_id, refetch, now) for batch in wave]
+                for batch, future in zip(wave, futures, strict=True):
+                    future.wait()
+                    done += len(batch)
+                    _progress("merchants", done, total)
+    for found in outcomes_of(con, bill_date, run_id, todo):
+        if found.outcome == "loaded":
+            outcome.loaded.append(found.mchid)
+        elif found.outcome == "no_statement":
+            outcome.empty.append(found.mchid)
+        else:
+            detail = found.detail or "nothing was recorded for it: the unit that had it stopped (see its log)"
+            text = f"bill of {found.mchid} for {bill_date}: {detail}"
+            outcome.problems.append(Problem(found.problem or Kind.FAILED, text, found.mchid))
+    logger.info(
+        "bills of %s: %d loaded, %d without trades, %d kept, %d with problems, in %d unit(s)%s",
+        bill_date,
+        len(outcome.loaded),
+        len(outcome.empty),
+        len(outcome.kept),
+        len([p for p in outcome.problems if p.mchid]),
+        len(units),
+        f" on {settings.bills_deployment}" if settings.bills_deployment else "",
+    )
+
+
+def _remote_units(settings: Settings, units, bill_date: date, run_id: str, refetch: bool, done: int, total: int) -> int:
+    """Each unit a flow run of ``bills_deployment`` on the work pool's workers, all at once; wait for them all."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+
+    def run(batch: list[str]):
+        parameters = {"bill_date": bill_date.isoformat(), "mchids": batch, "run_id": run_id, "refetch": refetch}
+        return run_deployment(settings.bills_deployment, parameters=parameters, timeout=None)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(units), 32)) as pool:
+        futures = {pool.submit(run, batch): batch for batch in units}
+        for future in concurrent.futures.as_completed(futures):
+            batch = futures[future]
+            try:
+                flow_run = future.result()
+                if not flow_run.state.is_completed():
+                    logger.error("unit of %d merchants ended %s", len(batch), flow_run.state.name)
+            except Exception as exc:  # the merchants' outcomes are read back from the warehouse
+                logger.error("unit of %d merchants could not run: %s: %s", len(batch), type(exc).__name__, exc)
+            done += len(batch)
             _progress("merchants", done, total)
+    return done
 
 
 @flow(name="reconcile-day", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def reconcile_day(bill_date: date | None = None, config: str | None = None, refetch: bool = False) -> State:
     """Reconcile one Beijing day (default: yesterday) for every configured merchant."""
-    settings = _settings_for(config)
+    settings = settings_for(config)
     now = run_clock()
     today = beijing_date(now())  # the run's day: every business decision below reads the run's clock
     bill_date = bill_date or today - timedelta(days=1)
@@ -399,7 +314,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
         )
         try:
             _step("fetch and load bills")
-            _fetch_and_load(con, settings, bill_date, refetch, now, outcome)
+            _fetch_and_load(con, settings, config, bill_date, refetch, now, outcome)
             _step("read local records")
             if settings.local_orders:
                 local_task(con, settings, bill_date)

@@ -286,7 +286,9 @@ class Settings(BaseSettings):
     bill_url_lifetime: float = Field(default=30.0, gt=1)
     bill_ready_deadline_hours: float = Field(default=6.0, ge=0)  # how long "not ready yet" is retried
     bill_retry_seconds: float = Field(default=600.0, gt=0)  # first wait after "not ready yet"; doubles, max 30 min
-    concurrency: int = Field(default=2, ge=1, le=16)
+    concurrency: int = Field(default=2, ge=1, le=16)  # units of merchants loading at once in the nightly's process
+    bills_batch_size: int = Field(default=50, ge=1, le=10_000)  # merchants per unit (one Prefect task or flow run)
+    bills_deployment: str | None = None  # "load-bills/bills-worker": units run on a work pool's workers (DuckLake)
     schedule_cron: str = "30 22 * * *"
     schedule_timezone: str = "Asia/Shanghai"
     receiver_host: str = "127.0.0.1"
@@ -346,6 +348,8 @@ class Settings(BaseSettings):
         ids = [m.mchid for m in self.merchants]
         if len(set(ids)) != len(ids):
             raise ValueError("merchants: a mchid appears twice")
+        if self.bills_deployment and self.warehouse_backend != "ducklake":
+            raise ValueError("bills_deployment (units on workers) needs warehouse_backend = 'ducklake'")
         if self.warehouse_backend == "ducklake" and self.ducklake is None:
             raise ValueError("warehouse_backend = 'ducklake' needs [ducklake] catalog and data_path")
         if self.receiver_rejected_day_bytes > self.receiver_rejected_total_bytes:

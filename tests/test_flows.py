@@ -343,7 +343,7 @@ def test_a_bill_ready_after_two_not_ready_answers_is_retried_by_prefect(world, t
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01)
+    settings = settings_for(world, tmp_path, inbox, bill_retry_seconds=0.01, bills_batch_size=1)
     world.sim.faults.error("/v3/bill/tradebill", 400, "STATEMENT_CREATING", "账单生成中", times=2)
     state, outcome = run_state(world, settings)
     assert state.is_completed()
@@ -352,9 +352,9 @@ def test_a_bill_ready_after_two_not_ready_answers_is_retried_by_prefect(world, t
     with get_client(sync_client=True) as client:
         flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         runs = client.read_task_runs(flow_run_filter=flow_run)
-        bills = [r for r in runs if r.name.startswith("fetch and load bill")]
+        bills = [r for r in runs if r.name.startswith("load bills")]
         history = {r.id: [s.name for s in client.read_task_run_states(r.id)] for r in bills}
-    # each "not ready" answer was a Prefect retry of the task that got it (the task itself never waited)
+    # each "not ready" answer was a Prefect retry of the unit that got it (the task itself never waited)
     assert sum(r.run_count for r in bills) == len(bills) + 2
     assert sum(names.count("AwaitingRetry") for names in history.values()) == 2
     assert sum(names.count("Retrying") for names in history.values()) == 2

@@ -78,15 +78,18 @@ def record_bill_fetch(
     *,
     detail: str | None = None,
     archive_sha1: str | None = None,
+    run_id: str | None = None,
+    problem: str | None = None,
 ) -> None:
     """Remember what asking for a bill gave: ``loaded``, ``no_statement`` (an empty day), ``not_ready``, ``failed``
-    (appended to ``raw.bill_fetch_log``; ``raw.bill_fetches`` shows the latest per bill)."""
+    (appended to ``raw.bill_fetch_log``; ``raw.bill_fetches`` shows the latest per bill). ``run_id`` is the night
+    that asked, ``problem`` the kind of a failure (:mod:`flows.outcome`)."""
     if outcome not in ("loaded", "no_statement", "not_ready", "failed"):
         raise ValueError(f"unknown bill fetch outcome {outcome!r}")
     con.execute(
-        "insert into raw.bill_fetch_log (mchid, bill_type, bill_date, outcome, detail, archive_sha1, fetched_at)"
-        " values (?, ?, ?, ?, ?, ?, ?)",
-        [mchid, bill_type, bill_date, outcome, detail, archive_sha1, datetime.now(UTC)],
+        "insert into raw.bill_fetch_log (mchid, bill_type, bill_date, outcome, detail, archive_sha1, fetched_at,"
+        " run_id, problem) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [mchid, bill_type, bill_date, outcome, detail, archive_sha1, datetime.now(UTC), run_id, problem],
     )
 
 
@@ -153,6 +156,7 @@ def load_archived(
     fetched: Fetched,
     *,
     memory_limit: str | None = LOAD_MEMORY_LIMIT,
+    run_id: str | None = None,
 ) -> IngestResult:
     """Load a fetched bill (one transaction for its day) and record the outcome in ``raw.bill_fetches``.
 
@@ -166,6 +170,7 @@ def load_archived(
             fetched.bill_date,
             "no_statement",
             detail="NO_STATEMENT_EXIST: no trades that day",
+            run_id=run_id,
         )
         return IngestResult(fetched.mchid, fetched.bill_type, fetched.bill_date, "no_statement")
     bill = fetched.archived
@@ -181,7 +186,9 @@ def load_archived(
         memory_limit=memory_limit,
     )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
-    record_bill_fetch(con, fetched.mchid, fetched.bill_type, fetched.bill_date, "loaded", archive_sha1=bill.sha1)
+    record_bill_fetch(
+        con, fetched.mchid, fetched.bill_type, fetched.bill_date, "loaded", archive_sha1=bill.sha1, run_id=run_id
+    )
     return IngestResult(
         fetched.mchid,
         fetched.bill_type,
@@ -205,6 +212,7 @@ def ingest_bill(
     on_progress: Callable[[int], None] | None = None,
     staging_dir: str | Path | None = None,
     memory_limit: str | None = LOAD_MEMORY_LIMIT,
+    run_id: str | None = None,
 ) -> IngestResult:
     """Fetch ``request``'s bill into the archive and load it while it downloads; see the module docstring.
 
@@ -214,16 +222,19 @@ def ingest_bill(
     expired, transfer broken, gzip cut short) the load is rolled back and the remaining
     ``max_attempts - 1`` go the plain way: :func:`fetch_to_archive`, then :func:`load_archived`.
     A file already archived under the announced digest is loaded (and verified) from there.
-    ``memory_limit`` as for :func:`load_archived`.
+    ``memory_limit`` and ``run_id`` as for :func:`load_archived` and :func:`record_bill_fetch`.
     """
     mchid, label, day = client.mchid, request.label, request.bill_date
+    loading = {"memory_limit": memory_limit, "run_id": run_id}
     try:
         application = client.send(request.operation())
     except NoStatementError:
-        return load_archived(con, archive, Fetched(mchid, label, day, None), memory_limit=memory_limit)
+        return load_archived(con, archive, Fetched(mchid, label, day, None), **loading)
     bill = archive.target(mchid, label, day, application.hash_value, gzip=request.gzip)
     if bill.path.exists():
-        return load_archived(con, archive, Fetched(mchid, label, day, bill, False, 1), memory_limit=memory_limit)
+        return load_archived(
+            con, archive, Fetched(mchid, label, day, bill, False, 1), memory_limit=memory_limit, run_id=run_id
+        )
     downloaded: list[DownloadedBill] = []
 
     def produce(feed: Callable[[bytes], None]) -> str:
@@ -250,7 +261,9 @@ def ingest_bill(
         fetched = fetch_to_archive(
             client, archive, request, url_lifetime=url_lifetime, max_attempts=max_attempts - 1, on_progress=on_progress
         )
-        return load_archived(con, archive, replace(fetched, attempts=fetched.attempts + 1), memory_limit=memory_limit)
+        return load_archived(
+            con, archive, replace(fetched, attempts=fetched.attempts + 1), memory_limit=memory_limit, run_id=run_id
+        )
     finally:
         if downloaded:
             archive.record(
@@ -260,5 +273,5 @@ def ingest_bill(
                 downloaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
-    record_bill_fetch(con, mchid, label, day, "loaded", archive_sha1=bill.sha1)
+    record_bill_fetch(con, mchid, label, day, "loaded", archive_sha1=bill.sha1, run_id=run_id)
     return IngestResult(mchid, label, day, "loaded", bill, result, True, 1)
