@@ -154,6 +154,7 @@ def recon_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: da
         tolerance_fen=settings.tolerance_fen,
         fee_tolerance_fen=settings.fee_tolerance_fen,
         local_refunds=settings.local_refunds is not None,
+        check_notifications=any(m.receives_notifications for m in settings.merchants),
     )
     result = reconcile(con, params)
     classes = result.classes()

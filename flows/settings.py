@@ -15,6 +15,7 @@ A missing or malformed setting fails at start with :class:`SettingsError` naming
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -48,6 +49,7 @@ from flows.notifications.limits import ReceiverLimits
 from flows.sources import LocalOrdersSource, LocalRefundsSource
 from flows.warehouse.lake import Lake
 from wxpay import DEFAULT_BASE_URL, Client, Verifier
+from wxpay.signing import load_private_key
 from wxpay.verifying import PUBLIC_KEY_ID_PREFIX
 
 ENV_PREFIX = "WXRECON_"
@@ -177,7 +179,7 @@ class MerchantConfig(BaseModel):
         options: dict[str, Any] = {
             "mchid": self.mchid,
             "serial_no": self.merchant_serial_no,
-            "private_key": self.private_key_pem(),
+            "private_key": _private_key(self.private_key_pem()),
             "api_v3_key": self.api_v3_key_value(),
             "base_url": base_url,
         }
@@ -188,6 +190,13 @@ class MerchantConfig(BaseModel):
         else:
             options["verifier"] = self.verifier()
         return Client(**options, **kw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _private_key(pem: bytes) -> Any:
+    """A merchant's key, loaded once per process and without the RSA consistency check (it is the merchant's
+    own; a broken one shows as WeChat Pay refusing our signatures): 0.1 s less CPU per merchant and night."""
+    return load_private_key(pem, check=False)
 
 
 class DuckLakeConfig(BaseModel):

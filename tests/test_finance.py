@@ -155,7 +155,7 @@ def warehouse(tmp_path) -> Path:
     now = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
     con.execute(
         "insert into recon.runs values ('r1', date '2026-11-26', date '2026-11-24', ['1900000101'], 2, 0, 0, false,"
-        " ?, ?, 2, 1)",
+        " ?, ?, 2, 1, true)",
         [now, now],
     )
     items = "insert into recon.items (recon_date, mchid, item_kind, item_key, class, state, bill_fen, local_fen,"

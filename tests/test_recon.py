@@ -289,6 +289,18 @@ def test_tolerance_absorbs_small_differences(scenario, tmp_path):
     assert "refund_amount_mismatch" not in classes
 
 
+def test_without_a_receiving_merchant_orders_are_not_compared_with_notifications(scenario, tmp_path):
+    con = warehouse_copy(scenario, tmp_path)
+    # orders are not compared with notifications; the log's own findings (forged, duplicate lines) remain
+    compared = {"notification_missing", "notification_amount_mismatch"}
+    expected = {(c, k, m) for c, k, m, _ in EXPECTED if c not in compared}
+    result = run(con, *scenario.local_tables(), check_notifications=False)
+    assert {(c, k, m) for c, k, m, _ in exceptions_of(con, result)} == expected
+    assert con.execute("select check_notifications from recon.runs where run_id = ?", [result.run_id]).fetchall() == [
+        (False,)
+    ]
+
+
 def test_params_are_validated():
     with pytest.raises(ValueError, match="merchant"):
         ReconParams(as_of=D, merchants=[])

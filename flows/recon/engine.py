@@ -59,7 +59,8 @@ def reconcile(con: duckdb.DuckDBPyConnection, params: ReconParams, *, sql_dir: P
         con.execute("delete from recon.params")
         con.execute("delete from recon.run_merchants")
         con.execute(
-            "insert into recon.params values (?, ?, ?, ?, ?, ?, ?)",
+            "insert into recon.params (run_id, as_of_date, window_start, pending_days, tolerance_fen,"
+            " fee_tolerance_fen, local_refunds, check_notifications) values (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 run_id,
                 params.as_of,
@@ -68,12 +69,13 @@ def reconcile(con: duckdb.DuckDBPyConnection, params: ReconParams, *, sql_dir: P
                 params.tolerance_fen,
                 params.fee_tolerance_fen,
                 params.local_refunds,
+                params.check_notifications,
             ],
         )
         con.executemany("insert into recon.run_merchants values (?)", [[m] for m in merchants])
         con.execute(
             "insert into recon.runs (run_id, as_of_date, window_start, merchants, pending_days, tolerance_fen,"
-            " fee_tolerance_fen, local_refunds, started_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " fee_tolerance_fen, local_refunds, started_at, check_notifications) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 run_id,
                 params.as_of,
@@ -84,6 +86,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, params: ReconParams, *, sql_dir: P
                 params.fee_tolerance_fen,
                 params.local_refunds,
                 started,
+                params.check_notifications,
             ],
         )
     run_models(con, "staging", sql_dir=sql_dir)

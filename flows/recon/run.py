@@ -20,6 +20,7 @@ class ReconParams:
     tolerance_fen: int = 0
     fee_tolerance_fen: int = 0
     local_refunds: bool = False
+    check_notifications: bool = True  # expect a notification per paid combine order (some merchant receives them)
 
     def __post_init__(self):
         if not self.merchants:

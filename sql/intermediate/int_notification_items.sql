@@ -1,12 +1,14 @@
 -- The combine orders whose notification is missing or says another amount than the bill, with the
 -- notification's evidence (id, log file and line) and what differs per sub order.
--- Classes: notification_missing, notification_amount_mismatch.
+-- Classes: notification_missing, notification_amount_mismatch. Only when the run expects notifications (some
+-- merchant receives them: recon.params.check_notifications).
 with
 
 params as (
     select
         as_of_date,
-        window_start
+        window_start,
+        check_notifications
     from recon.params
 ),
 
@@ -25,6 +27,7 @@ problems as (
     cross join params
     where (checks.missing_subs > 0 or checks.differing_subs > 0)
         and checks.recon_date between params.window_start and params.as_of_date
+        and params.check_notifications
 ),
 
 problem_subs as (

@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> None:
         business_day=args.business_day,
         orders=args.orders,
         notify_url=args.notify_url,
+        shared_keys=args.shared_keys,
     )
     print(json.dumps(running.info, indent=2), flush=True)
     running.wait()
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8421, help="0: any free port (see simulator.json)")
     run.add_argument("--merchants", type=int, default=3)
+    run.add_argument("--shared-keys", action="store_true", help="merchants reuse the first one's keys (load tests)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--start", type=clock_start, help="business clock start, ISO 8601 with offset (default: now)")
     run.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where credentials and records are written")

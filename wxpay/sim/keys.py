@@ -181,6 +181,26 @@ def new_merchant(
     )
 
 
+def merchant_like(template: SimMerchant, mchid: str, *, rng: random.Random, fee_rate_bp: int = 60) -> SimMerchant:
+    """Another merchant with ``template``'s key pairs and certificate (new ids and APIv3 key): thousands of
+    merchants for a load test without generating thousands of RSA keys. Never for anything but tests."""
+    api_v3_key = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
+    merchant_serial = "".join(rng.choice("0123456789ABCDEF") for _ in range(40))
+    public_key_id = "PUB_KEY_ID_01" + mchid + "".join(rng.choice(string.digits) for _ in range(34 - 2 - len(mchid)))
+    return SimMerchant(
+        mchid=mchid,
+        appid=template.appid,
+        api_v3_key=api_v3_key,
+        merchant_key=template.merchant_key,
+        merchant_serial=merchant_serial,
+        public_key_id=public_key_id,
+        platform_keys=list(template.platform_keys),
+        mode=template.mode,
+        fee_rate_bp=fee_rate_bp,
+        name=template.name,
+    )
+
+
 def rotate_platform_key(merchant: SimMerchant, rng: random.Random) -> PlatformKey:
     """Issue a new platform certificate; the old one stays listed (overlap, as WeChat does)."""
     key = new_rsa_key()

@@ -40,7 +40,7 @@ from wxpay.sim.admin import dispatch
 from wxpay.sim.bills import BillDesk
 from wxpay.sim.clock import VirtualClock
 from wxpay.sim.faults import Faults
-from wxpay.sim.keys import SimMerchant, new_merchant, new_rsa_key, rotate_platform_key
+from wxpay.sim.keys import SimMerchant, merchant_like, new_merchant, new_rsa_key, rotate_platform_key
 from wxpay.sim.notifier import Attempt, Delivery, attempt_delivery, new_delivery
 from wxpay.sim.state import Ledger, SimApiError, SimCombineOrder, SimRefund
 from wxpay.verifying import SIGNTEST_PREFIX, verify_signature
@@ -114,12 +114,24 @@ class Simulator:
 
     @classmethod
     def with_merchants(
-        cls, count: int = 3, *, appid: str = DEFAULT_APPID, first_mchid: int = 1900000100, **kw: Any
+        cls,
+        count: int = 3,
+        *,
+        appid: str = DEFAULT_APPID,
+        first_mchid: int = 1900000100,
+        shared_keys: bool = False,
+        **kw: Any,
     ) -> Simulator:
-        """A simulator with ``count`` merchants bound to one appid (the first is the combine initiator)."""
+        """A simulator with ``count`` merchants bound to one appid (the first is the combine initiator).
+        ``shared_keys``: the others reuse the first one's key pairs (load tests with thousands of merchants)."""
         sim = cls(**kw)
         for i in range(count):
-            sim.add_merchant(new_merchant(str(first_mchid + i), appid, rng=sim.rng, fee_rate_bp=(60, 38, 54)[i % 3]))
+            rate = (60, 38, 54)[i % 3]
+            if shared_keys and i:
+                first = next(iter(sim.merchants.values()))
+                sim.add_merchant(merchant_like(first, str(first_mchid + i), rng=sim.rng, fee_rate_bp=rate))
+            else:
+                sim.add_merchant(new_merchant(str(first_mchid + i), appid, rng=sim.rng, fee_rate_bp=rate))
         return sim
 
     def __repr__(self) -> str:

@@ -107,16 +107,21 @@ def start_standalone(
     business_day: date | None = None,
     orders: int = 36,
     notify_url: str | None = None,
+    shared_keys: bool = False,
 ) -> Standalone:
     """Serve a simulator of ``merchants`` merchants on ``host:port`` (0: any free port), its business clock at
     ``start`` (default: now, Beijing); with ``business_day``, create that day of business
-    (:func:`~wxpay.sim.business.create_business_day`, ``orders`` and ``seed``) and write its records."""
+    (:func:`~wxpay.sim.business.create_business_day`, ``orders`` and ``seed``) and write its records.
+    ``shared_keys``: merchants after the first reuse its keys (load tests with thousands of merchants)."""
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     (state / "simulator.json").unlink(missing_ok=True)
     _clear_business(state / BUSINESS_DIR)
     sim = Simulator.with_merchants(
-        merchants, options=SimOptions(seed=seed), clock=VirtualClock(start or datetime.now(BEIJING))
+        merchants,
+        options=SimOptions(seed=seed),
+        clock=VirtualClock(start or datetime.now(BEIJING)),
+        shared_keys=shared_keys,
     )
     for merchant in sim.merchants.values():
         merchant.export(state / "merchants")
