@@ -109,8 +109,11 @@ def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(exc, BillDateError):
                 console.print(f"[red]{_one_line(exc)}[/red]", highlight=False, soft_wrap=True)
                 raise typer.Exit(EXIT_USAGE) from None
+            from flows.storage import storage_fault_in
+
             kind = classify(exc)
-            message = f"[red]{kind.value}:[/red] {type(exc).__name__}: {_one_line(exc)}"
+            named = storage_fault_in(exc) or exc  # a disk fault DuckDB reports in words: its file and what to do
+            message = f"[red]{kind.value}:[/red] {type(named).__name__}: {_one_line(named)}"
             console.print(message, highlight=False, soft_wrap=True)
             raise typer.Exit(ExitCode[kind.name]) from None
 
@@ -153,6 +156,8 @@ def _print_outcome(outcome) -> None:
         console.print(f"  kept (loaded by an earlier run): {', '.join(outcome.kept)}", highlight=False)
     if outcome.empty:
         console.print(f"  no trades: {', '.join(outcome.empty)}", highlight=False)
+    if outcome.removed:
+        console.print(f"  removed {len(outcome.removed)} file(s) a crashed run had left", highlight=False)
     if outcome.opened or outcome.closed:
         console.print(f"since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed")
         for item in outcome.opened[:10]:

@@ -28,7 +28,7 @@ import httpx
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.bills import BillArchive, ingest_bill, record_bill_fetch, settled_merchants
+from flows.bills import BillArchive, ingest_bill, record_bill_fetch, remove_debris, settled_merchants
 from flows.clock import Clock, wall_clock
 from flows.context import settings_in_use
 from flows.outcome import Kind, classify
@@ -224,6 +224,9 @@ def load_bills(
     """A unit on a worker: the bills of ``mchids`` for ``bill_date`` into the warehouse (a DuckLake, shared
     with the other workers), each merchant's outcome recorded under ``run_id`` for the nightly to read."""
     settings = current_settings(config)
+    debris = remove_debris(archive_root=settings.archive_root)  # what a crashed unit on this worker left
+    if debris:
+        get_run_logger().warning("%s: %s", debris, ", ".join(str(path) for path in debris.files[:20]))
     con = open_warehouse(settings.warehouse_target, memory_limit=settings.memory_limit)
     try:
         unit = bills_task.with_options(retries=len(retry_delays(settings)), retry_delay_seconds=retry_delays(settings))

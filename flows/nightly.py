@@ -44,7 +44,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.alerts import Alert, AlertNotDelivered, DayReport, compose, day_report, send
-from flows.bills import settled_merchants
+from flows.bills import remove_debris, settled_merchants
 from flows.clock import Clock, beijing_date
 from flows.context import run_clock, settings_for, using
 from flows.fanout import TRADE_BILL, batches, bills_task, not_ready_delays, outcomes_of, retry_delays
@@ -213,6 +213,9 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         found = outcome.of(kind)
         if found:
             lines += ["", f"**{kind.value.upper()}** — {ADVICE[kind]}", *(f"- {p}" for p in found)]
+    if outcome.removed:
+        lines += ["", f"Removed {len(outcome.removed)} file(s) a crashed run had left:"]
+        lines += [f"- `{path}`" for path in outcome.removed[:20]]
     return "\n".join(lines)
 
 
@@ -310,6 +313,10 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
     outcome = DayOutcome(bill_date)
     logger = get_run_logger()
     with run_lock(settings.warehouse_path):
+        debris = remove_debris(archive_root=settings.archive_root)  # what a crashed run left (flows.bills.debris)
+        outcome.removed = [str(path) for path in debris.files]
+        if debris:
+            logger.warning("%s: %s", debris, ", ".join(outcome.removed[:20]))
         con = open_warehouse(
             settings.warehouse_target, memory_limit=settings.memory_limit, wait=settings.warehouse_wait_seconds
         )

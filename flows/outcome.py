@@ -29,11 +29,11 @@ not a failure of the run).
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum, StrEnum
 
+from flows.storage import storage_fault_in
 from wxpay.errors import (
     ApiError,
     AuthenticationError,
@@ -94,11 +94,11 @@ ADVICE = {
     Kind.FAILED: "the run itself failed; the Prefect log has the traceback",
 }
 
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
-
 
 def classify(error: BaseException) -> Kind:
     """The kind of a per-merchant failure, from the exception the work raised."""
+    if storage_fault_in(error) is not None:
+        return Kind.STORAGE  # a disk, quota, permission or damaged file: never a format, integrity or late finding
     if isinstance(error, BillNotReadyError):
         return Kind.LATE
     if isinstance(error, AuthenticationError | PermissionDeniedError | InvalidRequestError | ConfigurationError):
@@ -113,8 +113,6 @@ def classify(error: BaseException) -> Kind:
         return Kind.UNAVAILABLE
     if isinstance(error, ApiError):
         return Kind.UNAVAILABLE if error.retryable else Kind.CONFIGURATION
-    if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
-        return Kind.STORAGE
     return Kind.FAILED
 
 
@@ -146,6 +144,7 @@ class DayOutcome:
     exposure_fen: int = 0
     opened: list[str] = field(default_factory=list)  # exceptions this run opened (or reopened), "class key"
     closed: list[str] = field(default_factory=list)  # exceptions this run resolved, "class key"
+    removed: list[str] = field(default_factory=list)  # files a crashed run had left, removed at this start
     alert: object | None = None  # flows.alerts.Alert
     alert_sent: bool = False
 

@@ -10,14 +10,17 @@ which file, what we were doing, the operating system's error (``ENOSPC`` …) an
         raise StorageError(path, "appending to the notification log", exc) from exc
 
 It is an ``OSError`` (callers that catch ``OSError`` still do) whose ``str`` reads as one sentence for an
-operator. :func:`is_storage_fault` tells a storage errno from the rest; :func:`free_space` is the cheap
-``statvfs`` look used to stop *before* a disk is full.
+operator. :func:`is_storage_fault` tells a storage errno from the rest; :func:`storage_fault_in` finds one in
+an error that names it only in its text (DuckDB's ``IO Error: Could not write file "…": No space left on
+device``); :class:`DamagedFileError` is a file of ours that is not what we wrote (a damaged warehouse);
+:func:`free_space` is the cheap ``statvfs`` look used to stop *before* a disk is full.
 """
 
 from __future__ import annotations
 
 import errno as errnos
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +82,56 @@ class StorageError(OSError):
 
     def __reduce__(self):  # picklable across processes, like the OSError it is
         return (type(self), (self.path, self.doing, self.cause))
+
+
+class DamagedFileError(StorageError):
+    """A file of ours that cannot be read as what we wrote (``path``, the ``problem``, ``what_to_do``)."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str, what_to_do: str):
+        OSError.__init__(self, problem)
+        self.path = Path(path)
+        self.doing = "reading"
+        self.cause = None
+        self.code = "damaged"
+        self.problem = problem
+        self.what_to_do = what_to_do
+
+    def __str__(self) -> str:
+        return f"damaged file: {self.path}: {self.problem}; what to do: {self.what_to_do}"
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem, self.what_to_do))
+
+
+_NAMED_FILE = re.compile(r'"([^"]+)"')
+
+
+def storage_fault_in(
+    exc: BaseException, path: str | os.PathLike[str] | None = None, doing: str = "writing"
+) -> StorageError | None:
+    """``exc`` as a :class:`StorageError` if it is a storage fault, else ``None``.
+
+    An ``OSError`` with a storage errno is one (named with its own file name, else ``path``); so is an
+    I/O error of DuckDB whose text ends in the operating system's words for one (``File too large``),
+    named with the file its text quotes. Other text is never read for this: a bill value or a query
+    error that happens to say "Permission denied" is not a storage fault.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError):
+        if exc.errno not in STORAGE_ERRNOS:
+            return None
+        return StorageError(exc.filename or path or "(unknown file)", doing, exc)
+    text = str(exc)
+    if not text.startswith("IO Error"):
+        return None
+    for code in sorted(STORAGE_ERRNOS):
+        words = os.strerror(code)
+        if words in text:
+            named = _NAMED_FILE.search(text)
+            where = named[1] if named else (path or "(unknown file)")
+            return StorageError(where, doing, OSError(code, words))
+    return None
 
 
 @dataclass(frozen=True)

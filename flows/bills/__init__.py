@@ -4,12 +4,14 @@ The story in modules: ``fetcher`` applies for a bill and downloads it (verified)
 ``archive``, or loads it while it downloads; ``loader`` is the streamed load (the bill cut into
 ``parts`` that DuckDB reads while the rest arrives); ``exactpath`` is the load that names file,
 line and field of anything that is not a clean bill; ``lineage`` is what both loads write alike
-(the day replaced in one transaction, the summary checked, ``raw.bill_loads``).
+(the day replaced in one transaction, the summary checked, ``raw.bill_loads``); ``debris`` removes
+what a crashed load left (staging parts, archive temporary files) at the next start.
 """
 
 from __future__ import annotations
 
 from flows.bills.archive import ArchivedBill, BillArchive
+from flows.bills.debris import DEBRIS_MIN_AGE, Debris, remove_debris
 from flows.bills.fetcher import (
     Fetched,
     IngestResult,
@@ -23,10 +25,12 @@ from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import PART_LINES, load_bill, load_bill_stream
 
 __all__ = [
+    "DEBRIS_MIN_AGE",
     "PARSER_VERSION",
     "PART_LINES",
     "ArchivedBill",
     "BillArchive",
+    "Debris",
     "Fetched",
     "IngestResult",
     "LoadResult",
@@ -36,5 +40,6 @@ __all__ = [
     "load_bill",
     "load_bill_stream",
     "record_bill_fetch",
+    "remove_debris",
     "settled_merchants",
 ]

@@ -21,7 +21,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from flows.storage import storage_fault_in
+
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def raise_storage_fault(exc: BaseException, path: Path, doing: str) -> None:
+    """Raise ``exc`` as the :class:`~flows.storage.StorageError` it is, if it is one (else return)."""
+    fault = storage_fault_in(exc, path, doing)
+    if fault is not None and fault is not exc:
+        raise fault from exc
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,11 @@ class BillArchive:
         if not _SHA1.match(digest):
             raise ValueError(f"not a SHA1 hex digest: {sha1!r}")
         folder = self.directory(mchid, bill_type, bill_date)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise_storage_fault(exc, folder, "making a bill archive directory")
+            raise
         name = f"{digest}.csv.gz" if gzip else f"{digest}.csv"
         return ArchivedBill(mchid, bill_type, bill_date, digest, folder / name, gzip)
 
@@ -69,8 +82,13 @@ class BillArchive:
         data["file"] = bill.path.name
         data.setdefault("archived_at", datetime.now(UTC).isoformat(timespec="seconds"))
         tmp = bill.sidecar.with_suffix(".json.part")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True))
-        os.replace(tmp, bill.sidecar)
+        try:
+            tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True))
+            os.replace(tmp, bill.sidecar)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise_storage_fault(exc, bill.sidecar, "writing a bill archive sidecar")
+            raise
 
     def files(self, mchid: str, bill_type: str, bill_date: date) -> list[ArchivedBill]:
         """Every archived file of one (merchant, type, day), oldest first."""

@@ -33,6 +33,7 @@ from flows.bills.lineage import (
     record_load,
     row_columns,
 )
+from flows.storage import storage_fault_in
 from flows.warehouse import quote_literal, transaction
 from wxpay.billfile import (
     FEE_PATTERN,
@@ -235,6 +236,9 @@ def _insert_rows(con, path: Path, header: BillHeader, table: str, gz: bool, reje
     try:
         con.execute(sql, lineage)
     except duckdb.Error as exc:
+        fault = storage_fault_in(exc, path, "loading a bill into the warehouse")
+        if fault is not None:  # a full disk is not the bill's fault
+            raise fault from exc
         match = _ERROR.search(str(exc))
         if not match:
             raise BillFormatError(f"DuckDB could not read the file: {exc}", file=path.name) from exc

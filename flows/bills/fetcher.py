@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from flows.bills.archive import ArchivedBill, BillArchive
+from flows.bills.archive import ArchivedBill, BillArchive, raise_storage_fault
 from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import load_bill, load_bill_stream
 from flows.warehouse import LOAD_MEMORY_LIMIT
@@ -137,6 +137,10 @@ def fetch_to_archive(
         )
     except NoStatementError:
         return Fetched(client.mchid, request.label, request.bill_date, None)
+    except OSError as exc:  # the download's file beside its place in the archive could not be written
+        folder = found["bill"].path.parent if "bill" in found else archive.root
+        raise_storage_fault(exc, folder, "writing a bill into the archive")
+        raise
     bill = found["bill"]
     if not fetched.reused:
         archive.record(
@@ -264,6 +268,9 @@ def ingest_bill(
         return load_archived(
             con, archive, replace(fetched, attempts=fetched.attempts + 1), memory_limit=memory_limit, run_id=run_id
         )
+    except OSError as exc:  # staging and the warehouse name their own faults; an unnamed one is the archive's
+        raise_storage_fault(exc, bill.path.parent, "writing a bill into the archive")
+        raise
     finally:
         if downloaded:
             archive.record(

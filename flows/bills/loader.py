@@ -45,6 +45,7 @@ from flows.bills.lineage import (
     row_columns,
 )
 from flows.bills.parts import PART_LINES, Part, Staging
+from flows.storage import storage_fault_in
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, quote_literal, transaction
 from wxpay.billfile import BillHeader, Column, parse_summary
 from wxpay.bills import BillProof
@@ -161,8 +162,11 @@ def load_bill_stream(
     header, an empty line, a missing summary block...) rolls back and, once ``produce`` has
     finished, runs the exact path over the file at ``path``, whose errors name file, line and
     field; a failure of ``produce`` itself (hash mismatch, truncated gzip, broken download)
-    wins over any of those. DuckDB's ``memory_limit`` is lowered to ``memory_limit`` meanwhile
-    (see :data:`LOAD_MEMORY_LIMIT`; ``None`` leaves it alone).
+    wins over any of those. A storage fault (the warehouse, its spill files or the staging
+    directory cannot be written: no space, quota, ``ulimit -f``, permissions) is raised as the
+    :class:`~flows.storage.StorageError` it is, naming the file, without trying the exact path.
+    DuckDB's ``memory_limit`` is lowered to ``memory_limit`` meanwhile (see
+    :data:`LOAD_MEMORY_LIMIT`; ``None`` leaves it alone).
     """
     path = Path(path)
     with lowered_memory_limit(con, memory_limit):
@@ -174,7 +178,13 @@ def load_bill_stream(
             archive_sha1=archive_sha1,
             source_label=source_label,
         )
-        return _load_streamed(con, produce, path, load, staging_dir, part_lines, _after_insert)
+        try:
+            return _load_streamed(con, produce, path, load, staging_dir, part_lines, _after_insert)
+        except duckdb.Error as exc:  # a full disk under the warehouse is named as such, never as the bill's fault
+            fault = storage_fault_in(exc, path, "loading a bill into the warehouse")
+            if fault is None:
+                raise
+            raise fault from exc
 
 
 def _load_streamed(
@@ -301,4 +311,7 @@ def _insert_parts(con, sql: str, parts: list[Part], header: BillHeader, lineage:
     try:
         return con.execute(sql.replace("{parts}", readers), lineage).fetchone()[0]
     except duckdb.Error as exc:
+        fault = storage_fault_in(exc, parts[0].path, "loading a bill into the warehouse")
+        if fault is not None:  # not the bill's fault: the exact path would only fail the same way, slower
+            raise fault from exc
         raise _UseExactPath(str(exc)) from exc

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.storage import storage_fault_in
+
 PART_LINES = 122_880
 """Lines per staged part file: one DuckDB row group (about 34 MB of a trade bill). Each part
 becomes whole row groups that DuckDB compresses and writes once while the transaction is
@@ -25,6 +27,13 @@ _MAX_PARTS = 4
 _BLOCK = 1 << 20
 _MAX_STAGED = 1 << 30
 """Staged bytes not yet loaded at which the producer waits for the loader (page cache, not RSS)."""
+
+
+def _raise_staging_fault(exc: OSError, path: Path) -> None:
+    """A write error of a part file that is a storage fault: raised as a :class:`~flows.storage.StorageError`."""
+    fault = storage_fault_in(exc, path, "staging a bill part file")
+    if fault is not None:
+        raise fault from exc
 
 
 class _Cancelled(Exception):
@@ -132,8 +141,12 @@ class Staging:
         assert self._part is not None
         assert self._fd is not None
         view = memoryview(data)[start:end]
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            _raise_staging_fault(exc, self._part.path)
+            raise
         self._part.size += end - start
         self._part.lines += lines
         self._body += end - start
@@ -141,7 +154,11 @@ class Staging:
     def _open(self) -> None:
         self._count += 1
         path = self.folder / f"part{self._count:05d}.csv"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            _raise_staging_fault(exc, path)
+            raise
         self._part = Part(path, self._next_line)
 
     def _close(self) -> None:

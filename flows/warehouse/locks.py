@@ -3,7 +3,9 @@
 DuckDB lets one process write a database file, and a process that has the file open (a
 notebook between two queries, say) blocks a writer from opening it. :func:`run_lock` makes a
 second run of the pipeline wait for the first (it then replaces what the first wrote, so
-nothing doubles); :func:`open_warehouse` retries while someone briefly holds the file.
+nothing doubles); :func:`open_warehouse` retries while someone briefly holds the file, and names a
+file that is not a readable warehouse (:class:`~flows.storage.DamagedFileError`, with what to do) or
+cannot be written (:class:`~flows.storage.StorageError`) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from flows.storage import DamagedFileError, storage_fault_in
 from flows.warehouse.connection import connect
 from flows.warehouse.lake import Lake
 from flows.warehouse.migrations import migrate
@@ -50,6 +53,27 @@ def run_lock(warehouse: Path, *, wait: float = 3600.0, poll: float = 0.2) -> Ite
         os.close(fd)  # closing releases the lock
 
 
+_DAMAGED = ("not a valid duckdb database file", "corrupt database file", "could not read enough bytes", "checksum")
+WHAT_TO_DO_DAMAGED = (
+    "move the file aside (keep it for investigation) and restore the last backup, or run"
+    " `wxrecon backfill --start … --end …` to build the days again into a new file (bills already in the archive are"
+    " loaded from there, the notification log is verified again; exception history since the backup is lost)"
+)
+
+
+def _damaged(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(words in text for words in _DAMAGED)
+
+
+def _opening_fault(exc: Exception, path: Path) -> Exception | None:
+    """What a failure to open or migrate the warehouse file is, when it is not the file being held."""
+    if _damaged(exc):
+        problem = f"not a readable DuckDB warehouse ({str(exc).splitlines()[0]})"
+        return DamagedFileError(path, problem, WHAT_TO_DO_DAMAGED)
+    return storage_fault_in(exc, path, "opening the warehouse")
+
+
 def _held(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
@@ -80,12 +104,20 @@ def open_warehouse(
         try:
             con = connect(path, read_only=read_only, memory_limit=memory_limit, snapshot=snapshot)
             break
-        except duckdb.IOException as exc:
+        except duckdb.Error as exc:
             if not _held(exc) or time.monotonic() >= deadline:
                 if _held(exc):
                     raise WarehouseBusy(f"{path} is held by another process; try again in a moment") from None
+                if (fault := _opening_fault(exc, path)) is not None:
+                    raise fault from None
                 raise
             time.sleep(poll)
     if not read_only:
-        migrate(con)
+        try:
+            migrate(con)
+        except duckdb.Error as exc:
+            con.close()
+            if (fault := _opening_fault(exc, path)) is not None:
+                raise fault from None
+            raise
     return con
