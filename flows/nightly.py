@@ -53,7 +53,7 @@ from flows.notifications import MerchantKeys, NotificationLog, verify_log
 from flows.outcome import ADVICE, DayOutcome, Kind, Problem
 from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings
-from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
+from flows.sources import LocalSourceError, bill_day_window, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
 from wxpay.verifying import public_key_pem
 
@@ -90,14 +90,35 @@ def check_bill_date(bill_date: date, today: date) -> None:
         )
 
 
-@task(name="read local records", retries=2, retry_delay_seconds=30, cache_policy=NO_CACHE)
+def _worth_retrying(task, task_run, state) -> bool:
+    """A source error (a bad value, a duplicate key, a suspicious export) is the same on every try: not retried."""
+    return not isinstance(state.result(raise_on_failure=False), LocalSourceError)
+
+
+@task(
+    name="read local records",
+    retries=2,
+    retry_delay_seconds=30,
+    retry_condition_fn=_worth_retrying,
+    cache_policy=NO_CACHE,
+)
 def local_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: date) -> tuple[int, int]:
     days = settings.local_window_days
     start, end = bill_day_window(bill_date - timedelta(days=days), 2 * days + 1)
     orders = read_local_orders(settings.local_orders, start, end) if settings.local_orders else None
     refunds = read_local_refunds(settings.local_refunds, start, end) if settings.local_refunds else None
     label = settings.local_orders.label if settings.local_orders else "none"
-    counts = import_local(con, orders, refunds, start=start, end=end, source_label=label)
+    export = settings.local_orders is not None and settings.local_orders.kind in ("csv", "parquet")
+    counts = import_local(
+        con,
+        orders,
+        refunds,
+        start=start,
+        end=end,
+        source_label=label,
+        min_ratio=settings.local_min_ratio,
+        require_rows=export,
+    )
     get_run_logger().info(
         "read %d sub orders and %d refunds from %s for [%s, %s)", *counts, label, start.isoformat(), end.isoformat()
     )

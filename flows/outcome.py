@@ -13,7 +13,9 @@ late             3     a bill was not ready by its deadline: WeChat Pay publishe
 configuration    4     settings missing or malformed, or WeChat Pay refused our credentials / merchant
                        id (401, 403, an unknown mchid, a key that does not match): an operator fixes it
 busy             5     the warehouse is held by another run or a reader beyond the wait
-integrity        6     a bill failed its SHA-1, gzip, format or summary check, or a data check failed
+integrity        6     a bill failed its SHA-1, gzip, format or summary check, a data check failed, or the
+                       merchant's records failed theirs (a bad value, a duplicate key, an empty or
+                       sharply shrunken export: nothing of them was replaced)
 unavailable      7     WeChat Pay (or the network to it) kept failing after the retries (429, 5xx)
 storage          8     the disk or the warehouse file failed us (no space, permission, corruption)
 alert            9     the alert could not be delivered (after its retries)
@@ -99,6 +101,8 @@ def classify(error: BaseException) -> Kind:
     """The kind of a per-merchant failure, from the exception the work raised."""
     if storage_fault_in(error) is not None:
         return Kind.STORAGE  # a disk, quota, permission or damaged file: never a format, integrity or late finding
+    if getattr(error, "problem_kind", None) in Kind.__members__.values():
+        return Kind(error.problem_kind)  # errors that say what they are (flows.sources.LocalSourceError: integrity)
     if isinstance(error, BillNotReadyError):
         return Kind.LATE
     if isinstance(error, AuthenticationError | PermissionDeniedError | InvalidRequestError | ConfigurationError):

@@ -281,6 +281,7 @@ class Settings(BaseSettings):
     local_orders: LocalOrdersSource | None = None
     local_refunds: LocalRefundsSource | None = None
     local_window_days: int = Field(default=3, ge=1, le=31)  # days read around the bill day
+    local_min_ratio: float = Field(default=0.5, ge=0, le=1)  # a read below this share of what it replaces stops the run
     data_dir: Path = Path("var")
     warehouse_backend: Literal["duckdb", "ducklake"] = "duckdb"  # a DuckDB file, or a DuckLake (ducklake)
     ducklake: DuckLakeConfig | None = None

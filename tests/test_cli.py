@@ -208,3 +208,34 @@ def merchant_toml(folder: Path) -> str:
         f'private_key_file = "{folder / "key.pem"}"\napi_v3_key = "{"k" * 32}"\n'
         f'wechatpay_public_key_id = "PUB_KEY_ID_0100"\nwechatpay_public_key_file = "{folder / "key.pem"}"\n'
     )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_damaged_warehouse_file_is_one_line_naming_it_and_exit_8_for_every_command(tmp_path):
+    data = tmp_path / "var"
+    data.mkdir()
+    path = data / "warehouse.duckdb"
+    path.write_bytes(b"\x00 not what DuckDB wrote " * 4096)  # a restore gone wrong, a disk that lied
+    config = tmp_path / "wxrecon.toml"
+    config.write_text(f'data_dir = "{data}"\n' + merchant_toml(tmp_path))
+    day = (date.today() - timedelta(days=2)).isoformat()
+    for args in (["report", "--date", day], ["run", "--date", day], ["backfill", "--start", day, "--end", day]):
+        result = runner.invoke(app, [*args, "--config", str(config)])
+        assert result.exit_code == 8, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith("storage: DamagedFileError: damaged file: ")
+        assert str(path) in lines[0]
+        assert "what to do: move the file aside" in lines[0]
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_backfill_that_ends_before_it_starts_is_a_usage_error(tmp_path):
+    config = tmp_path / "wxrecon.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n' + merchant_toml(tmp_path))
+    start, end = date.today() - timedelta(days=2), date.today() - timedelta(days=5)
+    result = runner.invoke(app, ["backfill", "--start", str(start), "--end", str(end), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"backfill end {end} is before start {start}" in result.output
+    assert not (tmp_path / "var" / "warehouse.duckdb").exists()

@@ -3,6 +3,7 @@ records in a real PostgreSQL server, alerts to a local webhook, and the failure 
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -371,3 +372,128 @@ def test_an_alert_route_that_fails_makes_the_run_say_so(world, tmp_path, inbox):
     assert outcome.exit_code() == 9
     assert not outcome.alert_sent
     assert "alert not delivered after 2 tries" in flow_run_logs(state)
+
+
+# --- a run that cannot go on says what stopped it, with the exit code of its kind ---------------------------
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(str(value))
+
+
+def config_file(world, data_dir: Path, inbox: AlertInbox, **overrides) -> Path:
+    """``settings_for``'s settings as the wxrecon.toml a command reads."""
+    settings = settings_for(world, data_dir, inbox)
+    options = {
+        "api_base_url": world.server.url,
+        "data_dir": data_dir,
+        "notification_log": world.log.root,
+        "alerts": {"urls": [inbox.apprise_url]},
+        "bill_retry_seconds": 0.05,
+        "bill_ready_deadline_hours": 0.001,
+        "merchants": [
+            {
+                "mchid": m.mchid,
+                "appid": m.appid,
+                "merchant_serial_no": m.merchant_serial_no,
+                "private_key_file": m.private_key_file,
+                "api_v3_key": m.api_v3_key_value(),
+                "wechatpay_public_key_id": m.wechatpay_public_key_id,
+                "wechatpay_public_key_file": m.wechatpay_public_key_file,
+                "receives_notifications": m.receives_notifications,
+            }
+            for m in settings.merchants
+        ],
+        **overrides,
+    }
+    path = data_dir / "wxrecon.toml"
+    path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in options.items()))
+    return path
+
+
+def wxrecon(world, *args: str):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with using(Settings.model_construct(), clock=world.sim.clock.now):  # the command reads its --config
+        return CliRunner().invoke(app, list(args))
+
+
+def local_counts(path: Path) -> tuple:
+    con = connect(path, read_only=True)
+    try:
+        return con.execute("select count(*), sum(amount_fen) from raw.local_orders").fetchone()
+    finally:
+        con.close()
+
+
+def test_an_empty_export_stops_the_run_with_nothing_replaced_and_is_not_retried(world, tmp_path, inbox):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    data = tmp_path / "var"
+    data.mkdir()
+    config = config_file(
+        world, data, inbox, local_orders={"kind": "postgresql", "url": world.pg_url, "table": "sub_orders"}
+    )
+    assert wxrecon(world, "run", "--date", D.isoformat(), "--config", str(config)).exit_code == 1  # the edited amount
+    before = local_counts(data / "warehouse.duckdb")
+    assert before[0] == 12
+    names = ",".join(world.orders[0])
+    (tmp_path / "export.csv").write_text(names + "\n")  # the export job wrote its header, then died
+    config = config_file(world, data, inbox, local_orders={"kind": "csv", "paths": [str(tmp_path / "export.csv")]})
+    with get_client(sync_client=True) as client:
+        tries_before = len(
+            client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="read local records")))
+        )
+    result = wxrecon(world, "run", "--date", D.isoformat(), "--config", str(config))
+    assert result.exit_code == 6, result.output  # integrity: the merchant's records failed their check
+    assert "SuspiciousSourceError" in result.output
+    assert "export.csv" in " ".join(result.output.split())
+    assert "gave no records" in result.output
+    assert local_counts(data / "warehouse.duckdb") == before  # nothing replaced
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="read local records")))
+    [latest] = sorted(runs, key=lambda r: r.created)[-1:]
+    assert len(runs) == tries_before + 1
+    assert latest.run_count == 1  # a deterministic source error is not tried again
+
+
+def test_an_unwritable_archive_is_storage_not_late(world, tmp_path, inbox):
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "archive").write_text("a file where the archive directory should be")
+    config = config_file(world, data, inbox)
+    result = wxrecon(world, "run", "--date", D.isoformat(), "--config", str(config))
+    assert result.exit_code == 8, result.output
+    output = " ".join(result.output.split())
+    assert "STORAGE" in output
+    assert "LATE" not in output
+    assert "INTEGRITY" not in output
+    assert str(data / "archive") in output
+    assert "what to do" in output
+
+
+def test_a_crash_of_a_step_exits_with_the_run_failed_code(world, tmp_path, inbox):
+    data = tmp_path / "var"
+    data.mkdir()
+    config = config_file(world, data, inbox)
+    con = connect(data / "warehouse.duckdb")
+    from flows.warehouse import migrate
+
+    migrate(con)
+    con.execute("drop table raw.local_orders")  # someone's hand in the warehouse: the reconcile step breaks
+    con.close()
+    result = wxrecon(world, "run", "--date", D.isoformat(), "--config", str(config))
+    assert result.exit_code == 10, result.output
+    assert result.output.strip().startswith("failed: CatalogException")
+    assert "local_orders" in result.output

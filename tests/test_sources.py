@@ -741,3 +741,78 @@ def test_bill_day_window_is_a_beijing_day():
     assert start == dt.datetime(2025, 3, 9, 16, tzinfo=UTC)
     assert end - start == dt.timedelta(days=1)
     assert bill_day_window(dt.date(2025, 3, 10), days=3, tz="UTC")[1] == dt.datetime(2025, 3, 13, tzinfo=UTC)
+
+
+# --- suspicious sources: bad values and keys named, broken exports stop before anything is replaced -----------
+
+
+def test_an_amount_beyond_int64_fen_names_source_column_and_key(tmp_path):
+    source = csv_file(tmp_path / "orders.csv", [order_row("S1"), order_row("S2", amount_fen="1" * 25)])
+    with pytest.raises(LocalSourceError) as info:
+        read_local_orders(source, START, END)
+    message = str(info.value)
+    assert "'amount_fen' (amount_fen)" in message
+    assert source.label in message
+    assert "out_trade_no=S2" in message
+    assert "1" * 25 in message
+    assert "ArrowInvalid" not in message
+
+
+def test_a_duplicate_key_names_source_columns_and_key(tmp_path):
+    rows = [order_row("S1"), order_row("S2"), order_row("S2", amount_fen=200)]
+    source = csv_file(tmp_path / "orders.csv", rows)
+    with pytest.raises(LocalSourceError) as info:
+        read_local_orders(source, START, END)
+    message = str(info.value)
+    assert source.label in message
+    assert "'mchid', 'out_trade_no'" in message
+    assert f"mchid={M1}, out_trade_no=S2 (2 records)" in message
+
+
+def local_warehouse(tmp_path: Path):
+    from flows.warehouse import connect, migrate
+
+    tmp_path.mkdir(exist_ok=True)
+    con = connect(tmp_path / "warehouse.duckdb")
+    migrate(con)
+    return con
+
+
+def held(con) -> list[tuple]:
+    return con.execute("select out_trade_no, amount_fen from raw.local_orders order by out_trade_no").fetchall()
+
+
+def test_an_empty_export_stops_before_anything_is_replaced(tmp_path):
+    from flows.sources import SuspiciousSourceError, import_local
+
+    con = local_warehouse(tmp_path)
+    rows = [order_row(f"S{n}") for n in range(4)]
+    first = read_local_orders(csv_file(tmp_path / "day1.csv", rows), START, END)
+    import_local(con, first, None, start=START, end=END, source_label="shop-export", min_ratio=0.5, require_rows=True)
+    before = held(con)
+    (tmp_path / "empty.csv").write_text(",".join(rows[0]) + "\n")  # the header only
+    empty = read_local_orders(LocalOrdersSource(kind="csv", paths=(str(tmp_path / "empty.csv"),)), START, END)
+    assert empty.num_rows == 0
+    for history in (True, False):  # with earlier reads in the warehouse, and on a first night
+        target = con if history else local_warehouse(tmp_path / "fresh")
+        with pytest.raises(SuspiciousSourceError, match="shop-export gave no records") as info:
+            import_local(target, empty, None, start=START, end=END, source_label="shop-export", require_rows=True)
+        assert "Nothing was replaced in raw.local_orders" in str(info.value)
+    assert held(con) == before
+
+
+def test_a_sharply_shrunken_export_stops_and_a_normal_one_replaces(tmp_path):
+    from flows.sources import SuspiciousSourceError, import_local
+
+    con = local_warehouse(tmp_path)
+    rows = [order_row(f"S{n}") for n in range(10)]
+    full = read_local_orders(csv_file(tmp_path / "full.csv", rows), START, END)
+    import_local(con, full, None, start=START, end=END, source_label="shop", min_ratio=0.5)
+    cut = read_local_orders(csv_file(tmp_path / "cut.csv", rows[:4]), START, END)
+    with pytest.raises(SuspiciousSourceError, match=r"shop gave 4 records .* local_min_ratio=0.5 of the 10"):
+        import_local(con, cut, None, start=START, end=END, source_label="shop", min_ratio=0.5)
+    assert len(held(con)) == 10
+    edited = [order_row(f"S{n}", amount_fen=n) for n in range(6)]  # 6 of 10: above the ratio, replaces
+    kept = read_local_orders(csv_file(tmp_path / "six.csv", edited), START, END)
+    assert import_local(con, kept, None, start=START, end=END, source_label="shop", min_ratio=0.5) == (6, 0)
+    assert held(con) == [(f"S{n}", n) for n in range(6)]

@@ -27,8 +27,11 @@ against ``^[0-9: .+-]+$`` before use; DuckDB gets real bind parameters. Identifi
 Know your types: MySQL TIMESTAMP columns arrive as local times of the server session's ``time_zone``, so set
 ``naive_timezone`` to it; PostgreSQL CHAR(n) values arrive blank-padded (``rtrim`` them in a query).
 
-Every problem raises :class:`LocalSourceError` naming the column, the source and the first offending key; no row
-is dropped silently. Not used: connectorx ``partition_on`` (it silently skips rows whose partition column is NULL).
+Every problem raises :class:`LocalSourceError` naming the column, the source and the first offending key (a
+duplicate key, an amount beyond int64 fen included); no row is dropped silently. A read that looks like a broken
+export (empty, or sharply shrunken against what the warehouse holds for the window: ``local_min_ratio``) raises
+:class:`SuspiciousSourceError` before anything is replaced. These errors are deterministic: never retried.
+Not used: connectorx ``partition_on`` (it silently skips rows whose partition column is NULL).
 connectorx reads PostgreSQL NUMERIC as decimal(38,10): digits past the 10th decimal are cut before we see them.
 
 Modules: ``source`` (what a source is), ``reader`` (reading one for a window), ``canonical`` (the shape
@@ -43,6 +46,7 @@ from flows.sources.canonical import (
     ORDER_STATUSES,
     REFUND_STATUSES,
     LocalSourceError,
+    SuspiciousSourceError,
 )
 from flows.sources.importer import import_local
 from flows.sources.reader import bill_day_window, read_local_orders, read_local_refunds
@@ -56,6 +60,7 @@ __all__ = [
     "LocalOrdersSource",
     "LocalRefundsSource",
     "LocalSourceError",
+    "SuspiciousSourceError",
     "bill_day_window",
     "import_local",
     "read_local_orders",

@@ -54,6 +54,7 @@ __all__ = [
     "REFUND_STATUSES",
     "UTC_TS",
     "LocalSourceError",
+    "SuspiciousSourceError",
     "canonicalize",
     "is_text",
 ]
@@ -92,7 +93,17 @@ _FLOAT_EXACT_LIMIT = 2**53
 
 
 class LocalSourceError(ValueError):
-    """The merchant's source cannot be read into the canonical shape; the message names column, source and key."""
+    """The merchant's source cannot be read into the canonical shape; the message names column, source and key.
+
+    Deterministic: reading the same source again gives the same error, so it is never retried.
+    """
+
+    problem_kind = "integrity"  # what flows.outcome.classify makes of it: the merchant's data failed its checks
+
+
+class SuspiciousSourceError(LocalSourceError):
+    """A read that looks like a broken export (empty, or far fewer records than the warehouse holds for the
+    same window): nothing was replaced; the message names the source and the counts."""
 
 
 def is_text(kind: pa.DataType) -> bool:
@@ -135,7 +146,27 @@ def canonicalize(raw: pa.Table, source: LocalSource, renamed: bool) -> pa.Table:
         if field.type == UTC_TS:
             columns[field.name] = checker.timestamp(field.name)
     table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
-    return table.sort_by([(name, "ascending") for name in schema.names[:3]])
+    table = table.sort_by([(name, "ascending") for name in schema.names[:3]])
+    _no_duplicate_keys(table, source)
+    return table
+
+
+_KEYS = {"out_trade_no": ("mchid", "out_trade_no"), "out_refund_no": ("out_trade_no", "out_refund_no")}
+"""The warehouse key of each kind of record (by the source's key column)."""
+
+
+def _no_duplicate_keys(table: pa.Table, source: LocalSource) -> None:
+    """Two records under one key cannot both be the merchant's truth: name the source, the columns and the key."""
+    keys = _KEYS[source.key]
+    counted = table.group_by(list(keys)).aggregate([([], "count_all")])
+    twice = counted.filter(pc.greater(counted.column("count_all"), 1))
+    if twice.num_rows:
+        first = ", ".join(f"{name}={twice.column(name)[0].as_py()}" for name in keys)
+        columns = ", ".join(repr(source.column(name)) for name in keys)
+        raise LocalSourceError(
+            f"{source.label} has {twice.num_rows} duplicate key(s) in columns {columns} ({' + '.join(keys)}),"
+            f" first {first} ({twice.column('count_all')[0].as_py()} records)"
+        )
 
 
 class _Checker:
@@ -207,6 +238,12 @@ class _Checker:
                 unit = "yuan with more than 2 decimals" if yuan else "not a whole number of fen"
                 raise LocalSourceError(f"{where} holds {sample}, {unit}, at {self.key_of(bad)}")
             if not yuan:
+                too_large = pc.greater(pc.abs(values), pa.scalar(Decimal(2**63 - 1)).cast(values.type))
+                if pc.any(too_large).as_py():
+                    sample = values.filter(pc.fill_null(too_large, False))[0].as_py().normalize()
+                    raise LocalSourceError(
+                        f"{where} holds {sample}, beyond the int64 range of fen, at {self.key_of(too_large)}"
+                    )
                 return values.cast(pa.int64())
             try:  # exact: rescale to 2 places, times 100 at scale 2, then the integral value
                 cents = pc.multiply(values.cast(pa.decimal128(34, 2)), pa.scalar(Decimal(100), pa.decimal128(3, 0)))

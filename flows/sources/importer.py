@@ -1,4 +1,10 @@
-"""The merchant's records into the warehouse: a fresh read replaces its window of ``raw.local_*``."""
+"""The merchant's records into the warehouse: a fresh read replaces its window of ``raw.local_*``.
+
+Unless it looks like a broken export: a read of no records at all (when ``require_rows``: a file export
+of the window is never empty), or of fewer than ``min_ratio`` of the records the warehouse holds for the
+same window from earlier reads (records do not vanish from a merchant's books), stops with
+:class:`~flows.sources.canonical.SuspiciousSourceError` naming the source, before anything is replaced.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,31 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
+from flows.sources.canonical import SuspiciousSourceError
 from flows.warehouse import transaction
+
+_WINDOWS = {
+    "raw.local_orders": "(created_at >= ? and created_at < ?) or (paid_at >= ? and paid_at < ?)",
+    "raw.local_refunds": "(created_at >= ? and created_at < ?) or (succeeded_at >= ? and succeeded_at < ?)",
+}
+
+
+def _check_not_suspicious(
+    con, table: str, incoming: pa.Table, start: datetime, end: datetime, label: str, min_ratio: float, require: bool
+) -> None:
+    held = con.execute(f"select count(*) from {table} where {_WINDOWS[table]}", [start, end, start, end]).fetchone()[0]  # noqa: S608
+    window = f"[{start.isoformat()}, {end.isoformat()})"
+    if incoming.num_rows == 0 and (require or held):
+        raise SuspiciousSourceError(
+            f"{label} gave no records for {window} (the warehouse holds {held} from earlier reads): an empty"
+            f" export? Nothing was replaced in {table}; check the export and run the day again"
+        )
+    if held and incoming.num_rows < min_ratio * held:
+        raise SuspiciousSourceError(
+            f"{label} gave {incoming.num_rows} records for {window}, fewer than local_min_ratio={min_ratio:g} of"
+            f" the {held} the warehouse holds from earlier reads: a cut-off export? Nothing was replaced in {table};"
+            " check the export (or lower local_min_ratio if records really were deleted) and run the day again"
+        )
 
 
 def import_local(
@@ -18,15 +48,21 @@ def import_local(
     start: datetime,
     end: datetime,
     source_label: str,
+    min_ratio: float = 0.0,
+    require_rows: bool = False,
 ) -> tuple[int, int]:
     """Replace the window [start, end) of ``raw.local_orders`` / ``raw.local_refunds`` with a fresh read.
 
     The tables come from :mod:`flows.sources` (its canonical shapes). A record inside the window
     that the source no longer has disappears; records outside it are left alone. ``imported_at``
-    is an audit stamp (wall clock).
+    is an audit stamp (wall clock). ``min_ratio`` and ``require_rows`` (orders only): the module docstring.
     """
     now = datetime.now(UTC)
     counts = [0, 0]
+    if orders is not None:
+        _check_not_suspicious(con, "raw.local_orders", orders, start, end, source_label, min_ratio, require_rows)
+    if refunds is not None:
+        _check_not_suspicious(con, "raw.local_refunds", refunds, start, end, source_label, min_ratio, False)
     with transaction(con):
         if orders is not None:
             con.register("incoming_orders", orders)
