@@ -103,7 +103,9 @@ class DamagedFileError(StorageError):
         return (type(self), (self.path, self.problem, self.what_to_do))
 
 
-_NAMED_FILE = re.compile(r'"([^"]+)"')
+_NAMED_FILE = re.compile(r'file "([^"]+)"')
+_DUCKDB_FILE_ERROR = re.compile(r"Could not (write|read|open|create|truncate|sync) file")
+"""DuckDB's words for a failed file operation, also inside a fatal error (a checkpoint that could not be written)."""
 
 
 def storage_fault_in(
@@ -112,9 +114,10 @@ def storage_fault_in(
     """``exc`` as a :class:`StorageError` if it is a storage fault, else ``None``.
 
     An ``OSError`` with a storage errno is one (named with its own file name, else ``path``); so is an
-    I/O error of DuckDB whose text ends in the operating system's words for one (``File too large``),
-    named with the file its text quotes. Other text is never read for this: a bill value or a query
-    error that happens to say "Permission denied" is not a storage fault.
+    I/O error of DuckDB (or a fatal one caused by it: a checkpoint that could not be written) whose text
+    ends in the operating system's words for one (``File too large``), named with the file its text quotes.
+    Other text is never read for this: a bill value or a query error that happens to say "Permission
+    denied" is not a storage fault.
     """
     if isinstance(exc, StorageError):
         return exc
@@ -123,7 +126,7 @@ def storage_fault_in(
             return None
         return StorageError(exc.filename or path or "(unknown file)", doing, exc)
     text = str(exc)
-    if not text.startswith("IO Error"):
+    if not (text.startswith("IO Error") or _DUCKDB_FILE_ERROR.search(text)):
         return None
     for code in sorted(STORAGE_ERRNOS):
         words = os.strerror(code)

@@ -169,22 +169,27 @@ def load_bill_stream(
     :data:`LOAD_MEMORY_LIMIT`; ``None`` leaves it alone).
     """
     path = Path(path)
-    with lowered_memory_limit(con, memory_limit):
-        load = BillLoad.of(
-            path,
-            mchid=mchid,
-            bill_date=bill_date,
-            bill_type=bill_type,
-            archive_sha1=archive_sha1,
-            source_label=source_label,
-        )
-        try:
+    try:
+        with lowered_memory_limit(con, memory_limit):
+            load = BillLoad.of(
+                path,
+                mchid=mchid,
+                bill_date=bill_date,
+                bill_type=bill_type,
+                archive_sha1=archive_sha1,
+                source_label=source_label,
+            )
             return _load_streamed(con, produce, path, load, staging_dir, part_lines, _after_insert)
-        except duckdb.Error as exc:  # a full disk under the warehouse is named as such, never as the bill's fault
-            fault = storage_fault_in(exc, path, "loading a bill into the warehouse")
-            if fault is None:
-                raise
-            raise fault from exc
+    except duckdb.Error as exc:  # a full disk under the warehouse is named as such, never as the bill's fault
+        fault = storage_fault_in(exc, path, "loading a bill into the warehouse")
+        if fault is None:
+            raise
+        raise fault from exc
+    except OSError as exc:  # staging names its own files: a write error without a name is the bill file's
+        fault = storage_fault_in(exc, path.parent, f"writing {path.name}")
+        if fault is None or fault is exc:
+            raise
+        raise fault from exc
 
 
 def _load_streamed(
