@@ -76,11 +76,11 @@ select
 from subs;
 
 insert into raw.trade_bill_rows (bill_mchid, bill_type, bill_date, archive_sha1, line_no, trade_time, appid, mchid,
-    sub_mchid, transaction_id, out_trade_no, openid, trade_type, trade_state, bank_type, currency,
+    sub_mchid, transaction_id, out_trade_no, trade_type, trade_state, bank_type, currency,
     settlement_amount_fen, coupon_amount_fen, refund_id, out_refund_no, refund_amount_fen, recharge_coupon_refund_fen,
     description, attach, fee_millifen, fee_rate, fee_rate_pct, order_amount_fen, requested_refund_fen)
 select mchid, 'trade_all', date '{day}', repeat('a', 40), n + 1, paid_at, 'wxd678efh567hg6787', mchid, '0',
-    transaction_id, out_trade_no, 'o' || lpad(c::varchar, 27, 'x'), 'NATIVE', 'SUCCESS', 'OTHERS', 'CNY',
+    transaction_id, out_trade_no, 'NATIVE', 'SUCCESS', 'OTHERS', 'CNY',
     amount_fen, 0, '0', '0', 0, 0, '课程', 'cmb=' || combine_no,
     case when n % {fee_mismatch} = 0 then 1 else (amount_fen * 6000 + 500000) // 1000000 end * 1000,
     '0.60%', 0.6, amount_fen, 0

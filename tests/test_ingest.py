@@ -242,3 +242,24 @@ def test_a_bill_fetched_first_is_loaded_on_the_downloads_proof(served, warehouse
     monkeypatch.setattr(hashlib, "sha1", no_hashing)
     result = load_archived(warehouse, archive, fetched)
     assert (result.outcome, result.load.row_count) == ("loaded", 3)
+
+
+def test_the_archive_is_owner_only_and_the_warehouse_keeps_no_openid(served, warehouse, tmp_path):
+    sim, url = served
+    archive = BillArchive(tmp_path / "archive")
+    with merchant_client(sim, url, PARTICIPANTS[0]) as c:
+        result = ingest_bill(warehouse, c, archive, BillRequest.trade(DAY))
+    folders = [p for p in archive.root.rglob("*") if p.is_dir()]
+    files = [p for p in archive.root.rglob("*") if p.is_file()]
+    assert len(folders) == 3
+    assert {p.suffix for p in files} == {".gz", ".json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in [archive.root, *folders]} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o600"}
+    openids = {o.payer_openid for o in sim.ledger.orders.values() if o.payer_openid}
+    assert openids
+    assert any(o.encode() in gzip.decompress(result.archived.path.read_bytes()) for o in openids)  # the evidence
+    columns = [r[0] for r in warehouse.execute("describe raw.trade_bill_rows").fetchall()]
+    assert "openid" not in columns
+    rows = warehouse.execute("select * from raw.trade_bill_rows").fetchall()
+    assert len(rows) == 3
+    assert not [o for o in openids if o in repr(rows)]

@@ -292,7 +292,8 @@ class _Download:
             raise BillDownloadError(f"download of {self.target.name} broke off: {type(exc).__name__}: {exc}") from None
 
     def begin(self) -> None:
-        self._file = self.tmp.open("wb")
+        # owner-only: a bill lists every payer of the day (their openids)
+        self._file = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         self._sink = BillSink(self._file, gzip=self._gzip, source=str(self.target), tee=self._tee)
 
     def feed(self, chunk: bytes) -> None:

@@ -6,6 +6,9 @@ any day be parsed again. Layout (Hive-style partitions, one file per distinct co
     <root>/mchid=1900000101/bill_type=trade_all/bill_date=2026-11-26/<sha1>.csv.gz
     <root>/mchid=1900000101/bill_type=trade_all/bill_date=2026-11-26/<sha1>.json
 
+Bills list every payer of the day (their openids): the archive is the only place the product keeps
+them, owner-only — the directories it creates ``0700``, bill files and sidecars ``0600``.
+
 The file name is the SHA1 of the *decompressed* bill (WeChat's ``hash_value``), so the same
 bill downloaded twice is one file, and a different file for an already archived day lands
 beside the old one, never over it. The JSON sidecar records the digest, sizes, when it was
@@ -24,6 +27,9 @@ from pathlib import Path
 from flows.storage import storage_fault_in
 
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+"""The archive's modes: owner-only (the download writes its file ``0600`` itself: :mod:`wxpay.bills`)."""
 
 
 def raise_storage_fault(exc: BaseException, path: Path, doing: str) -> None:
@@ -68,7 +74,11 @@ class BillArchive:
             raise ValueError(f"not a SHA1 hex digest: {sha1!r}")
         folder = self.directory(mchid, bill_type, bill_date)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+            level = self.root
+            for part in folder.relative_to(self.root).parts:
+                level = level / part
+                level.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
         except OSError as exc:
             raise_storage_fault(exc, folder, "making a bill archive directory")
             raise
@@ -83,7 +93,9 @@ class BillArchive:
         data.setdefault("archived_at", datetime.now(UTC).isoformat(timespec="seconds"))
         tmp = bill.sidecar.with_suffix(".json.part")
         try:
-            tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True))
             os.replace(tmp, bill.sidecar)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

@@ -41,6 +41,9 @@ _TABLES = {
 }
 LOAD_KEY = "bill_mchid = ? and bill_type = ? and bill_date = ?"
 
+NOT_STORED = frozenset({"openid"})
+"""Bill columns never stored in the warehouse (payer identifiers: the archived bill is their evidence)."""
+
 AfterInsert = Callable[[duckdb.DuckDBPyConnection], None]
 """The test hook both loaders call inside the transaction, after everything was inserted."""
 
@@ -135,11 +138,14 @@ def row_columns(header: BillHeader, value: Callable[[Column, str], str], first: 
     """The target columns of the row INSERT and their SQL, from the VARCHAR columns ``c000``, ``c001``...
 
     ``value(col, v)`` types a known column (``first`` stands for ``c000``); a rate goes in as
-    ``<name>_pct`` and as text; unknown titles go into ``extra_columns`` (JSON).
+    ``<name>_pct`` and as text; unknown titles go into ``extra_columns`` (JSON); :data:`NOT_STORED`
+    columns go nowhere.
     """
     targets, exprs, extras = [], [], []
     for i, (title, col) in enumerate(zip(header.titles, header.columns, strict=True)):
         v = first if i == 0 else f"c{i:03d}"
+        if col is not None and col.name in NOT_STORED:
+            continue
         if col is None:
             extras.append(f"{quote_literal(title)}, {v}")
             continue

@@ -9,7 +9,8 @@ milli-fen, times TIMESTAMPTZ converted from Beijing time)::
                              extra_summary_columns, loaded_at
     raw.trade_bill_rows      every trade bill kind (trade_all / trade_success / trade_refund) in one table:
                              load key (bill_mchid, bill_type, bill_date), lineage (archive_sha1, line_no), then
-                             the 29 current + 3 old-format columns of wxpay.billformat.TRADE_COLUMNS
+                             the 29 current + 3 old-format columns of wxpay.billformat.TRADE_COLUMNS but
+                             the payer's openid (kept only in the bill archive: migration 110)
                              (refund columns NULL where a kind lacks them), fee_rate text + fee_rate_pct
                              DECIMAL(7,4), extra_columns JSON for unknown titles
     raw.trade_bill_summaries the summary line of each trade load: row_count and each printed total
