@@ -32,7 +32,7 @@ EXIT_CODES = """Exit codes:
   3  late: a bill was not ready by its deadline (a later run picks it up)
   4  configuration: settings missing or malformed, or credentials refused by WeChat Pay
   5  busy: another run or a reader holds the warehouse
-  6  integrity: a bill or a data check failed its checks (nothing of it was loaded)
+  6  integrity: a bill, a data check or the merchant's records failed their checks (nothing loaded)
   7  unavailable: WeChat Pay kept failing after the retries
   8  storage: disk full, permission denied or a damaged warehouse file
   9  alert: the alert could not be delivered

@@ -41,6 +41,17 @@ def test_the_demo_finds_exactly_what_it_injects(demo):
     assert any((demo.data_dir / "notifications").rglob("*.jsonl"))
 
 
+def test_the_evidence_has_restrictive_modes(demo):
+    archive = [demo.data_dir / "archive", *(demo.data_dir / "archive").rglob("*")]
+    log = [p for p in (demo.data_dir / "notifications").rglob("*") if p.name != ".lock"]
+
+    def modes(paths, directories):
+        return {oct(p.stat().st_mode & 0o777) for p in paths if p.is_dir() == directories}
+
+    assert (modes(archive, True), modes(archive, False)) == ({"0o700"}, {"0o600"})
+    assert (modes(log, True), modes(log, False)) == ({"0o750"}, {"0o640"})
+
+
 def test_the_demo_never_wipes_a_folder_it_did_not_create(tmp_path):
     (tmp_path / "precious.txt").write_text("real data")
     with pytest.raises(FileExistsError, match="did not write"):

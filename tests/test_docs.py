@@ -111,3 +111,14 @@ def test_the_mart_table_is_the_marts():
     table = table[: table.index("\n\n")]
     named = set(re.findall(r"`marts\.([a-z_]+)`", table))
     assert named == {p.stem for p in (ROOT / "sql" / "marts").glob("*.sql")}
+
+
+def test_the_exit_code_table_is_the_codes():
+    from flows.outcome import SEVERITY, ExitCode
+
+    start = README.index("`wxrecon` exit codes")
+    table = README[start : README.index("\n\n", README.index("| code |", start))]
+    rows = re.findall(r"^\| *(\d+) \| *([a-z]*) \|", table, re.M)
+    assert [(int(code), kind or "ok") for code, kind in rows] == [(c.value, c.name.lower()) for c in ExitCode]
+    order = README[start:].split("the code is the first of ", 1)[1].split(".", 1)[0]
+    assert [int(n) for n in order.split(", ")] == [ExitCode[k.name].value for k in SEVERITY] + [1]
