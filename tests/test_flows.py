@@ -497,3 +497,35 @@ def test_a_crash_of_a_step_exits_with_the_run_failed_code(world, tmp_path, inbox
     assert result.exit_code == 10, result.output
     assert result.output.strip().startswith("failed: CatalogException")
     assert "local_orders" in result.output
+
+
+def test_a_run_removes_what_a_crashed_run_left_and_says_so(world, tmp_path, inbox):
+    import os
+
+    settings = settings_for(world, tmp_path, inbox)
+    day = settings.archive_root / f"mchid={P0}" / "bill_type=trade_all" / f"bill_date={D}"
+    day.mkdir(parents=True)
+    left = day / f".{'b' * 40}.csv.gz.0badf00d.part"  # a download a killed run never finished
+    left.write_bytes(b"\x1f\x8b" + b"\x00" * 1000)
+    fresh = day / f".{'c' * 40}.csv.gz.0123abcd.part"  # a download in progress in another process
+    fresh.write_bytes(b"\x1f\x8b")
+    seven_hours_ago = fresh.stat().st_mtime - 7 * 3600  # file times are real times, whatever the run's clock
+    os.utime(left, (seven_hours_ago, seven_hours_ago))
+    _, outcome = run_state(world, settings)
+    assert outcome.removed == [str(left)]
+    assert not left.exists()
+    assert fresh.exists()
+    from flows.nightly import summary_markdown
+
+    artifact = summary_markdown(outcome_report(settings), outcome)
+    assert f"Removed 1 file(s) a crashed run had left:\n- `{left}`" in artifact
+
+
+def outcome_report(settings):
+    from flows.alerts import day_report
+
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return day_report(con, D, settings.mchids, top=5)
+    finally:
+        con.close()
