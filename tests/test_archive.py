@@ -37,3 +37,14 @@ def test_partitions_cannot_escape_the_root(tmp_path):
 
 def test_a_missing_day_has_no_files(tmp_path):
     assert BillArchive(tmp_path).files("1900000109", "trade_all", date(2025, 3, 10)) == []
+
+
+def test_a_file_where_the_archive_should_be_is_a_storage_fault_naming_it(tmp_path):
+    from flows.storage import StorageError
+
+    (tmp_path / "archive").write_text("not a directory")
+    with pytest.raises(StorageError) as info:
+        BillArchive(tmp_path / "archive").target("1900000109", "trade_all", date(2025, 3, 10), SHA)
+    assert info.value.code == "ENOTDIR"
+    assert str(tmp_path / "archive") in str(info.value)
+    assert "what to do: something that is not a directory is in the way: move it" in str(info.value)

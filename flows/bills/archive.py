@@ -17,6 +17,7 @@ downloaded and, once loaded, the parser version that read it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from flows.storage import storage_fault_in
+from flows.storage import StorageError, storage_fault_in
 
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 DIRECTORY_MODE = 0o700
@@ -79,6 +80,9 @@ class BillArchive:
             for part in folder.relative_to(self.root).parts:
                 level = level / part
                 level.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
+        except FileExistsError as exc:  # a file where a directory should be
+            in_the_way = OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            raise StorageError(exc.filename or folder, "making a bill archive directory", in_the_way) from exc
         except OSError as exc:
             raise_storage_fault(exc, folder, "making a bill archive directory")
             raise
