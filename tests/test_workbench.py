@@ -1,0 +1,349 @@
+"""The exception workbench on the scenario day: assign, resolve, reopen, bulk actions, the audit trail, the
+alert and the backlog, a later bill that contradicts a manual resolution, and every bad input refused with
+nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta
+
+import pytest
+
+import wxpay
+from flows.alerts import compose, day_report
+from flows.recon import workbench
+from flows.recon.workbench import Selection
+from flows.settings import AlertConfig
+from flows.warehouse import connect
+from tests import recon_scenario
+from tests.recon_scenario import P0, P1, D
+from tests.test_recon import MERCHANTS, run
+from wxpay.bills import BillRequest
+from wxpay.models import BEIJING
+
+ACTED = datetime(2026, 11, 27, 15, 30, tzinfo=BEIJING)
+"""An action's clock when a test wants its business day; where the order of actions and runs matters, the
+actions take the run clock (the process clock, moved and ticking), as runs stamp their events with it."""
+
+
+def clock():
+    return ACTED
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory, merchant_pool):
+    built = recon_scenario.build(tmp_path_factory.mktemp("scenario"), merchant_pool)
+    yield built
+    recon_scenario.close(built)
+
+
+@pytest.fixture(scope="module")
+def reconciled(scenario, tmp_path_factory):
+    """The scenario's warehouse reconciled as of D (copied per test)."""
+    target = tmp_path_factory.mktemp("reconciled") / "warehouse.duckdb"
+    shutil.copy(scenario.warehouse, target)
+    con = connect(target)
+    run(con, *scenario.local_tables())
+    con.close()
+    return target
+
+
+@pytest.fixture
+def con(reconciled, tmp_path):
+    target = tmp_path / "warehouse.duckdb"
+    shutil.copy(reconciled, target)
+    connection = connect(target)
+    yield connection
+    connection.close()
+
+
+def exception_id(con, key, cls=None):
+    sql = "select exception_id from recon.exceptions where item_key = ?"
+    args = [key]
+    if cls:
+        sql += " and class = ?"
+        args.append(cls)
+    (found,) = con.execute(sql, args).fetchall()
+    return found[0]
+
+
+def snapshot(con):
+    """Everything an action may write."""
+    return (
+        con.execute("select * from recon.exceptions order by exception_id").fetchall(),
+        con.execute("select * from recon.exception_actions order by action_id").fetchall(),
+    )
+
+
+def alert_of(con):
+    report = day_report(con, D, MERCHANTS)
+    return report, compose(report, AlertConfig(max_count=0))
+
+
+def test_assign_then_resolve_with_a_note_leaves_the_alert_and_the_backlog_and_is_audited(con):
+    target = exception_id(con, "CB0002S1")
+    before, alert = alert_of(con)
+    backlog = before.backlog.items
+
+    assigned = workbench.assign(con, "li.wei", ids=[target[:10]], actor="zhang.min", clock=clock)
+    assert assigned.applied
+    assert assigned.exception_ids == [target]
+    state = con.execute(
+        "select work_state, assignee from marts.mart_exceptions where exception_id = ?", [target]
+    ).fetchall()
+    assert state == [("assigned", "li.wei")]
+
+    resolved = workbench.resolve(
+        con, "explained", ids=[target], actor="li.wei", note="customer paid 1.00 in cash at the counter", clock=clock
+    )
+    assert resolved.count == 1
+    row = con.execute(
+        "select state, work_state, resolution, resolved_by, resolution_note, resolved_on, age_days"
+        " from marts.mart_exceptions where exception_id = ?",
+        [target],
+    ).fetchone()
+    assert row == (
+        "resolved",
+        "resolved",
+        "explained",
+        "li.wei",
+        "customer paid 1.00 in cash at the counter",
+        ACTED.date(),
+        0,
+    )
+
+    audit = con.execute(
+        "select action, actor, acted_at, business_date, from_state, to_state, assignee, resolution, note, class,"
+        " bill_fen, local_fen, diff_fen from marts.mart_exception_audit where exception_id = ? order by acted_at,"
+        " action",
+        [target],
+    ).fetchall()
+    assert [(a[0], a[1], a[4], a[5]) for a in audit] == [
+        ("assigned", "zhang.min", "open", "assigned"),
+        ("resolved", "li.wei", "assigned", "resolved"),
+    ]
+    assert all(a[2] == ACTED and a[3] == ACTED.date() for a in audit)
+    assert audit[1][7:] == (
+        "explained",
+        "customer paid 1.00 in cash at the counter",
+        "amount_mismatch",
+        9900,
+        10000,
+        -100,
+    )
+
+    after, alert_after = alert_of(con)
+    assert after.exceptions == before.exceptions - 1
+    assert after.backlog.items == backlog - 1
+    assert f"- {P0} amount_mismatch: 1 item(s), ¥1.00" in alert.body
+    assert f"{P0} amount_mismatch" not in alert_after.body
+    assert "Open backlog:" in alert_after.body
+    backlog_rows = con.execute(
+        "select coalesce(sum(items), 0) from marts.mart_exception_backlog where class = 'amount_mismatch'"
+    ).fetchone()[0]
+    assert backlog_rows == 0
+
+
+def test_a_rerun_with_the_same_data_keeps_a_manual_resolution(con, scenario):
+    target = exception_id(con, "CB0002S1")
+    workbench.resolve(con, "explained", ids=[target], actor="li.wei", note="cash at the counter", clock=clock)
+    result = run(con, *scenario.local_tables())
+    assert result.changes == []
+    assert con.execute(
+        "select state, resolution, resolved_by from recon.exceptions where exception_id = ?", [target]
+    ).fetchone() == ("resolved", "explained", "li.wei")
+    report, _ = alert_of(con)
+    assert "CB0002S1" not in {i.key for i in report.top}
+    assert report.reopened == 0
+
+
+def test_a_changed_local_record_reopens_a_manual_resolution_with_an_event(con, scenario):
+    target = exception_id(con, "CB0002S1")
+    workbench.resolve(con, "explained", ids=[target], actor="li.wei", note="cash at the counter")
+    _, refunds = scenario.local_tables()
+    edited = [dict(r) for r in scenario.orders]
+    next(r for r in edited if r["out_trade_no"] == "CB0002S1")["amount_fen"] += 50
+    import pyarrow as pa
+
+    from flows.sources import LOCAL_ORDER_SCHEMA
+
+    result = run(con, pa.Table.from_pylist(edited, schema=LOCAL_ORDER_SCHEMA), refunds)
+    assert [(c.event, c.item_key) for c in result.changes] == [("reopened", "CB0002S1")]
+    row = con.execute(
+        "select state, resolution, resolved_by, diff_fen from recon.exceptions where exception_id = ?", [target]
+    ).fetchone()
+    assert row == ("open", None, None, -150)
+    audit = con.execute(
+        "select action, actor, run_id, from_state, to_state, resolution, diff_fen from recon.exception_actions"
+        " where exception_id = ? order by acted_at, action",
+        [target],
+    ).fetchall()
+    assert [a[0] for a in audit] == ["resolved", "reopened_by_data"]
+    assert audit[1][1:] == ("wxrecon", result.run_id, "resolved", "open", "explained", -150)
+    report, alert = alert_of(con)
+    assert report.reopened == 1
+    assert f"- {P0} amount_mismatch: 1 item(s), ¥1.50" in alert.body
+
+
+def test_a_later_bill_that_contradicts_a_manual_resolution_reopens_it(con, scenario, tmp_path):
+    target = exception_id(con, "pay:CB0014S2", "fee_mismatch")
+    workbench.resolve(con, "written_off", ids=[target], actor="li.wei", note="WeChat misprint")
+    # WeChat Pay publishes the day's bill again, with another fee for that row
+    scenario.sim.bills.misprint(P1, "CB0014S2", fee_millifen=55000)
+    try:
+        scenario.sim.clock.set(recon_scenario.at(D + timedelta(days=1), 11))
+        from flows.bills import BillArchive, ingest_bill
+
+        merchant = scenario.sim.merchants[P1]
+        with wxpay.Client(base_url=scenario.sim_url, **merchant.client_kwargs()) as client:
+            ingest_bill(con, client, BillArchive(tmp_path / "archive"), BillRequest.trade(D))
+    finally:
+        scenario.sim.bills.misprint(P1, "CB0014S2", fee_millifen=99000)
+    result = run(con, *scenario.local_tables())
+    assert ("reopened", "pay:CB0014S2") in {(c.event, c.item_key) for c in result.changes}
+    assert con.execute(
+        "select state, resolution from recon.exceptions where exception_id = ?", [target]
+    ).fetchone() == (
+        "open",
+        None,
+    )
+    events = con.execute(
+        "select action, bill_fen from marts.mart_exception_audit where exception_id = ? order by acted_at, action",
+        [target],
+    ).fetchall()
+    assert [e[0] for e in events] == ["resolved", "reopened_by_data"]
+    changes = con.execute(
+        "select event from marts.mart_exception_changes where is_latest and exception_id = ?", [target]
+    ).fetchall()
+    assert changes == [("reopened",)]
+
+
+def test_bulk_resolve_by_filter(con):
+    selection = Selection(mchids=(P0,), classes=("status_mismatch", "transaction_mismatch"))
+    preview = workbench.resolve(
+        con, "adjusted_locally", selection=selection, actor="li.wei", note="app fixed", clock=clock, apply=False
+    )
+    assert {r["item_key"] for r in preview.rows} == {"CB0006S1", "CB0009S1"}
+    assert not preview.applied
+    assert con.execute("select count(*) from recon.exception_actions").fetchone()[0] == 0
+    done = workbench.resolve(
+        con, "adjusted_locally", selection=selection, actor="li.wei", note="app fixed", clock=clock
+    )
+    assert done.count == 2
+    rows = con.execute(
+        "select item_key, resolution from recon.exceptions where state = 'resolved' and resolved_by = 'li.wei'"
+        " order by 1"
+    ).fetchall()
+    assert rows == [("CB0006S1", "adjusted_locally"), ("CB0009S1", "adjusted_locally")]
+    batches = con.execute("select count(distinct batch_id), count(*) from recon.exception_actions").fetchone()
+    assert batches == (1, 2)
+    # the amount band: only what is at stake between 1 and 20 yuan among P1's status mismatches
+    band = workbench.select(con, Selection(mchids=(P1,), classes=("status_mismatch",), min_fen=100, max_fen=2000))
+    assert {r["item_key"] for r in band} == {"CB0006S2"}
+
+
+def test_reopen_by_hand(con):
+    target = exception_id(con, "CB0003S1")
+    workbench.resolve(con, "false_positive", ids=[target], actor="li.wei", note="test order")
+    workbench.reopen(con, ids=[target], actor="zhang.min", note="it was a real sale")
+    assert con.execute(
+        "select state, resolution from recon.exceptions where exception_id = ?", [target]
+    ).fetchone() == (
+        "open",
+        None,
+    )
+    actions = [r["action"] for r in workbench.history(con, target)]
+    assert actions == ["resolved", "reopened"]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda con, ids: workbench.resolve(con, "explained", ids=["0123456789ab"], actor="a", note="n"),
+            workbench.UnknownException,
+            "0123456789ab (no such exception)",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "explained", ids=["zz"], actor="a", note="n"),
+            workbench.UnknownException,
+            "is hex",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "explained", ids=[ids["resolved"]], actor="a", note="n"),
+            workbench.AlreadyResolved,
+            "already resolved",
+        ),
+        (
+            lambda con, ids: workbench.assign(con, "b", ids=[ids["resolved"], ids["open"]], actor="a"),
+            workbench.AlreadyResolved,
+            "already resolved",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "forgiven", ids=[ids["open"]], actor="a", note="n"),
+            workbench.UnknownResolution,
+            "unknown resolution kind 'forgiven'",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "matched", ids=[ids["open"]], actor="a", note="n"),
+            workbench.UnknownResolution,
+            "given by runs only",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "explained", ids=[ids["open"]], actor="a", note="x" * 501),
+            workbench.BadNote,
+            "501 characters; at most 500",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "explained", ids=[ids["open"]], actor="a", note="  "),
+            workbench.BadNote,
+            "a note is required",
+        ),
+        (
+            lambda con, ids: workbench.resolve(
+                con, "explained", selection=Selection(mchids=("1999999999",)), actor="a", note="n"
+            ),
+            workbench.NothingSelected,
+            "matches no exception",
+        ),
+        (
+            lambda con, ids: workbench.resolve(
+                con, "explained", selection=Selection(mchids=(P0,)), actor="a", note="n", threshold=3
+            ),
+            workbench.TooManySelected,
+            "more than the confirmation threshold of 3",
+        ),
+        (
+            lambda con, ids: workbench.resolve(con, "explained", selection=Selection(), actor="a", note="n"),
+            workbench.WorkbenchError,
+            "needs a filter",
+        ),
+        (
+            lambda con, ids: workbench.reopen(con, ids=[ids["open"]], actor="a", note="n"),
+            workbench.NotManuallyResolved,
+            "not resolved",
+        ),
+        (
+            lambda con, ids: workbench.assign(con, "", ids=[ids["open"]], actor="a"),
+            workbench.WorkbenchError,
+            "assignee is empty",
+        ),
+    ],
+)
+def test_bad_input_is_refused_with_nothing_written(con, call, error, message):
+    resolved = exception_id(con, "CB0003S1")
+    workbench.resolve(con, "false_positive", ids=[resolved], actor="li.wei", note="test order", clock=clock)
+    ids = {"resolved": resolved, "open": exception_id(con, "CB0002S1")}
+    before = snapshot(con)
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call(con, ids)
+    assert snapshot(con) == before
+
+
+def test_bad_selections_are_refused_before_anything_is_opened():
+    with pytest.raises(workbench.WorkbenchError, match="unknown class 'amount'"):
+        Selection(classes=("amount",))
+    with pytest.raises(workbench.WorkbenchError, match=r"ends .* before it starts"):
+        Selection(start=D, end=D - timedelta(days=1))
+    with pytest.raises(workbench.WorkbenchError, match="whole number of fen"):
+        Selection(min_fen=1.5)  # type: ignore[arg-type]
