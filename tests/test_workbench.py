@@ -347,3 +347,108 @@ def test_bad_selections_are_refused_before_anything_is_opened():
         Selection(start=D, end=D - timedelta(days=1))
     with pytest.raises(workbench.WorkbenchError, match="whole number of fen"):
         Selection(min_fen=1.5)  # type: ignore[arg-type]
+
+
+# --- 补单: asking WeChat Pay (the simulator, over loopback HTTP) ----------------------------------------
+
+
+def initiator_client(scenario):
+    from tests.conftest import INITIATOR
+
+    merchant = scenario.sim.merchants[INITIATOR]
+    return lambda row: wxpay.Client(base_url=scenario.sim_url, **merchant.client_kwargs())
+
+
+def test_query_proposes_never_paid_and_paid_bill_pending_and_retries_429(con, scenario):
+    from flows.recon.query import query_exceptions
+    from tests.conftest import APPID
+
+    with initiator_client(scenario)(None) as client:  # the merchant closes the order it never saw paid
+        if client.combine.query("CB0004").trade_state == "NOTPAY":
+            sub_orders = [{"mchid": P0, "out_trade_no": "CB0004S1"}, {"mchid": P1, "out_trade_no": "CB0004S2"}]
+            client.combine.close("CB0004", {"combine_appid": APPID, "sub_orders": sub_orders})
+    scenario.sim.faults.error("/v3/combine-transactions/out-trade-no/", 429, "FREQUENCY_LIMITED", times=2)
+    try:
+        report = query_exceptions(
+            con,
+            initiator_client(scenario),
+            selection=Selection(classes=("missing_in_bill", "pending")),
+            actor="li.wei",
+            per_second=50,
+            retry_seconds=0.01,
+        )
+    finally:
+        scenario.sim.faults.clear()
+    assert sorted(q.combine_out_trade_no for q in report.queried) == ["CB0004", "CB0005"]
+    assert report.retried == 2
+    assert [r for q in report.queried for r in q.retries] == ["429 FREQUENCY_LIMITED"] * 2
+    assert not report.failed
+    proposals = dict(
+        con.execute(
+            "select item_key, proposed_resolution from marts.mart_exceptions"
+            " where class in ('missing_in_bill', 'pending') and state <> 'resolved'"
+        ).fetchall()
+    )
+    assert proposals == {
+        "CB0004S1": "never_paid",
+        "CB0004S2": "never_paid",
+        "CB0005S1": "paid_bill_pending",
+        "CB0005S2": "paid_bill_pending",
+    }
+    import json
+
+    evidence = con.execute(
+        "select evidence, note from marts.mart_exception_audit where action = 'queried' and item_key = 'CB0005S1'"
+    ).fetchone()
+    answer = json.loads(evidence[0])
+    sub = next(s for s in answer["sub_orders"] if s["out_trade_no"] == "CB0005S1")
+    assert (answer["trade_state"], sub["trade_state"], sub["total_amount_fen"]) == ("SUCCESS", "SUCCESS", 1700)
+    assert sub["transaction_id"]
+    assert sub["success_time"].startswith(str(D + timedelta(days=1)))
+    assert answer["retried"] in ([], ["429 FREQUENCY_LIMITED"], ["429 FREQUENCY_LIMITED"] * 2)
+    assert "paid, bill pending" in evidence[1]
+    closed = json.loads(
+        con.execute(
+            "select evidence from recon.exception_actions a join recon.exceptions e using (exception_id)"
+            " where a.action = 'queried' and e.item_key = 'CB0004S1'"
+        ).fetchone()[0]
+    )
+    assert closed["trade_state"] == "CLOSED"
+    # nothing is resolved until finance confirms; confirming without a kind takes the proposal
+    assert con.execute("select count(*) from recon.exceptions where state = 'resolved'").fetchone()[0] == 0
+    target = exception_id(con, "CB0004S1")
+    workbench.resolve(con, None, ids=[target], actor="zhang.min", note="WeChat Pay: closed, never paid")
+    assert con.execute("select resolution from recon.exceptions where exception_id = ?", [target]).fetchone() == (
+        "never_paid",
+    )
+
+
+def test_query_that_stays_rate_limited_is_reported_and_writes_nothing(con, scenario):
+    from flows.recon.query import query_exceptions
+
+    before = snapshot(con)
+    scenario.sim.faults.error("/v3/combine-transactions/out-trade-no/", 429, "FREQUENCY_LIMITED", times=10)
+    try:
+        report = query_exceptions(
+            con,
+            initiator_client(scenario),
+            ids=[exception_id(con, "CB0004S1")],
+            actor="li.wei",
+            retries=2,
+            retry_seconds=0.01,
+        )
+    finally:
+        scenario.sim.faults.clear()
+    (queried,) = report.queried
+    assert queried.retries == ["429 FREQUENCY_LIMITED"] * 2
+    assert "RateLimitedError" in queried.error
+    assert snapshot(con) == before
+
+
+def test_query_refuses_a_class_wechat_pay_cannot_settle(con, scenario):
+    from flows.recon.query import query_exceptions
+
+    before = snapshot(con)
+    with pytest.raises(workbench.WorkbenchError, match=r"补单 cannot settle .* \(amount_mismatch\)"):
+        query_exceptions(con, initiator_client(scenario), ids=[exception_id(con, "CB0002S1")], actor="li.wei")
+    assert snapshot(con) == before
