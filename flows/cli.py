@@ -560,21 +560,18 @@ def _workbench_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for column in ("id", "day", "merchant", "class", "state", "assignee", "at stake", "key"):
-        table.add_column(column, justify="right" if column == "at stake" else "left", overflow="fold")
+    """One line per exception, ids whole: id, day, merchant, class, work state, money at stake, key."""
+    console.print(f"[bold]{title}[/bold]", highlight=False, soft_wrap=True)
     for row in rows:
-        table.add_row(
-            row["exception_id"][:12],
-            str(row["recon_date"]),
-            row["mchid"],
-            row["class"],
-            row["work_state"] + (f" ({row['resolution']})" if row.get("resolution") else ""),
-            row.get("assignee") or "",
-            fmt_yuan(row["exposure_fen"], empty="-"),
-            row["item_key"],
+        state = row["work_state"] + (f" ({row['resolution']})" if row.get("resolution") else "")
+        state += f" → {row['assignee']}" if row.get("assignee") and row["work_state"] != "resolved" else ""
+        console.print(
+            f"  {row['exception_id'][:12]} {row['recon_date']} {row['mchid']} {row['class']}"
+            f" {fmt_yuan(row['exposure_fen'], empty='-')} {row['item_key']} [{state}]",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
         )
-    console.print(table)
 
 
 def _action_done(result, verb: str) -> None:
@@ -656,7 +653,7 @@ def exceptions_show(exception_id: Annotated[str, typer.Argument()], config: Conf
 @_workbench_errors
 def exceptions_assign(
     ids: IdsArgument = None,
-    to: Annotated[str, typer.Option("--to", help="who works on them")] = "",
+    to: Annotated[str, typer.Option("--assignee", help="who works on them")] = "",
     mchid: MchidOption = None,
     cls: ClassOption = None,
     start: FromOption = None,

@@ -452,3 +452,168 @@ def test_query_refuses_a_class_wechat_pay_cannot_settle(con, scenario):
     with pytest.raises(workbench.WorkbenchError, match=r"补单 cannot settle .* \(amount_mismatch\)"):
         query_exceptions(con, initiator_client(scenario), ids=[exception_id(con, "CB0002S1")], actor="li.wei")
     assert snapshot(con) == before
+
+
+# --- where finance works: the command line and the notebook helper -------------------------------------
+
+
+def cli_config(tmp_path, warehouse, **extra) -> str:
+    """Settings for the command line over a copy of ``warehouse`` (nothing here talks to WeChat Pay)."""
+    data = tmp_path / "var"
+    data.mkdir(parents=True)
+    shutil.copy(warehouse, data / "warehouse.duckdb")
+    (tmp_path / "key.pem").write_text("not read here")
+    lines = [f'data_dir = "{data}"', *(f"{k} = {v!r}".replace("'", '"') for k, v in extra.items())]
+    lines += [
+        "[[merchants]]",
+        'mchid = "1900000100"',
+        'appid = "wx1"',
+        'merchant_serial_no = "ABCDEF12"',
+        f'private_key_file = "{tmp_path / "key.pem"}"',
+        f'api_v3_key = "{"k" * 32}"',
+        'wechatpay_public_key_id = "PUB_KEY_ID_0100"',
+        f'wechatpay_public_key_file = "{tmp_path / "key.pem"}"',
+    ]
+    (tmp_path / "wxrecon.toml").write_text("\n".join(lines) + "\n")
+    return str(tmp_path / "wxrecon.toml")
+
+
+def comparable(path, exception_id):
+    """An exception and its audit rows without the stamps and ids that differ between two runs of an action."""
+    con = connect(path)
+    try:
+        exception = con.execute(
+            "select class, state, work_state, resolution, resolved_by, resolution_note, assignee, bill_fen, local_fen"
+            " from marts.mart_exceptions where exception_id = ?",
+            [exception_id],
+        ).fetchall()
+        audit = con.execute(
+            "select action, actor, from_state, to_state, assignee, resolution, note, class, bill_fen, local_fen,"
+            " diff_fen, exposure_fen from recon.exception_actions where exception_id = ? order by action",
+            [exception_id],
+        ).fetchall()
+        return exception, audit
+    finally:
+        con.close()
+
+
+def test_the_command_line_and_the_notebook_helper_give_the_same_result(reconciled, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows import finance
+    from flows.cli import app
+
+    runner = CliRunner()
+    config = cli_config(tmp_path / "cli", reconciled)
+    con = connect(reconciled)
+    target = exception_id(con, "CB0002S1")
+    con.close()
+    note = "customer paid the difference in cash"
+
+    listed = runner.invoke(app, ["exceptions", "list", "--class", "amount_mismatch", "--config", config])
+    assert listed.exit_code == 0, listed.output
+    assert target[:12] in listed.output
+    assert "CB0002S1" in listed.output
+    done = runner.invoke(
+        app, ["exceptions", "resolve", target[:8], "--kind", "explained", "--note", note, "--by", "li.wei",
+              "--config", config],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "resolved: 1" in done.output
+    shown = runner.invoke(app, ["exceptions", "show", target[:8], "--config", config])
+    assert shown.exit_code == 0, shown.output
+    assert "li.wei: resolved explained" in shown.output
+    assert note in shown.output
+    listed = runner.invoke(app, ["exceptions", "list", "--class", "amount_mismatch", "--config", config])
+    assert "CB0002S1" not in listed.output
+
+    copy = tmp_path / "notebook.duckdb"
+    shutil.copy(reconciled, copy)
+    desk = finance.Workbench(copy, actor="li.wei")
+    preview = desk.preview_resolve(["CB0002S1"], kind="explained", note=note)
+    assert preview.frame["单号 key"].tolist() == ["CB0002S1"]
+    assert preview.frame["之后 after"].tolist() == ["resolved (explained)"]
+    assert comparable(copy, target)[1] == []  # a preview writes nothing
+    preview.confirm()
+    with pytest.raises(finance.ActionRefused, match="confirmed already"):
+        preview.confirm()
+
+    assert comparable(copy, target) == comparable(tmp_path / "cli" / "var" / "warehouse.duckdb", target)
+    assert comparable(copy, target)[0][0][:6] == (
+        "amount_mismatch",
+        "resolved",
+        "resolved",
+        "explained",
+        "li.wei",
+        note,
+    )
+
+
+def test_the_command_line_refuses_bad_input_with_exit_2_and_writes_nothing(reconciled, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    config = cli_config(tmp_path, reconciled, action_threshold=3)
+    path = tmp_path / "var" / "warehouse.duckdb"
+    con = connect(path)
+    target = exception_id(con, "CB0002S1")
+    before = snapshot(con)
+    con.close()
+    for args, says in (
+        (["resolve", "0123456789ab", "--kind", "explained", "--note", "n"], "no such exception"),
+        (["resolve", target, "--kind", "forgiven", "--note", "n"], "unknown resolution kind 'forgiven'"),
+        (["resolve", target, "--kind", "explained", "--note", "x" * 501], "at most 500"),
+        (["resolve", target, "--kind", "explained"], "a note is required"),
+        (["resolve", "--mchid", P0, "--kind", "explained", "--note", "n"], "confirmation threshold of 3"),
+        (["resolve", "--mchid", "1999999999", "--kind", "explained", "--note", "n"], "matches no exception"),
+        (["assign", "--class", "amount", "--assignee", "b"], "unknown class 'amount'"),
+        (["reopen", target, "--note", "n"], "not resolved"),
+        (["list", "--date", "2026-11-26", "--from", "2026-11-25"], "not both"),
+    ):
+        result = runner.invoke(app, ["exceptions", *args, "--config", config])
+        assert result.exit_code == 2, (args, result.output)
+        assert says in " ".join(result.output.split()), (args, result.output)
+    con = connect(path)
+    assert snapshot(con) == before
+    # the threshold is a confirmation: raising it to the count does the bulk action
+    result = runner.invoke(
+        app, ["exceptions", "assign", "--mchid", P0, "--class", "fee_mismatch", "--class", "amount_mismatch",
+              "--assignee", "li.wei", "--max", "3", "--by", "zhang.min", "--config", config],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert con.execute("select count(*) from recon.exceptions where assignee = 'li.wei'").fetchone()[0] == 2
+    con.close()
+
+
+@pytest.mark.slow
+def test_an_action_on_a_busy_warehouse_waits_then_exits_5_with_nothing_written(reconciled, tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    config = cli_config(tmp_path, reconciled, action_wait_seconds=0.5)
+    path = tmp_path / "var" / "warehouse.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, duckdb; con = duckdb.connect({str(path)!r}); print('held', flush=True);"
+         " sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(
+            app, ["exceptions", "resolve", "--class", "amount_mismatch", "--kind", "explained", "--note", "n",
+                  "--config", config],
+        )  # fmt: skip
+        assert result.exit_code == 5, result.output
+        assert result.output.startswith("busy:")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    con = connect(path)
+    assert con.execute("select count(*) from recon.exception_actions").fetchone()[0] == 0
+    con.close()
