@@ -491,6 +491,43 @@ def deploy(config: ConfigOption = None) -> None:
     serve_nightly(settings, config)
 
 
+@app.command("load-bill")
+@_handled
+def load_bill_command(
+    file: Annotated[Path, typer.Argument(help="the bill from the merchant portal (csv, or gz)")],
+    mchid: Annotated[str, typer.Option("--mchid", help="the merchant whose bill it is")],
+    day: Annotated[str, typer.Option("--date", help="the bill's day YYYY-MM-DD")],
+    bill_type: Annotated[str, typer.Option("--type", help="trade_all, trade_success or trade_refund")] = "trade_all",
+    by: Annotated[str | None, typer.Option("--by", help="who loads it (default: WXRECON_USER, else the login)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Load a bill downloaded by hand from the merchant portal (the same checks as the API's; lineage manual)."""
+    settings = _settings(config)
+    from flows.bills import BillArchive, ManualBillError, load_manual_bill
+    from flows.recon.workbench import open_for_action
+
+    bill_date = _date(day)
+    con = open_for_action(settings.warehouse_target, wait=settings.action_wait_seconds)
+    try:
+        loaded = load_manual_bill(
+            con, BillArchive(settings.archive_root), file, mchid=mchid, bill_date=bill_date, bill_type=bill_type,
+            loaded_by=_actor(by),
+        )  # fmt: skip
+    except ManualBillError as exc:
+        console.print(f"[red]refused:[/red] {exc}; nothing was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    finally:
+        con.close()
+    replaced = f"; it replaced the load {loaded.previous_sha1}" if loaded.previous_sha1 else ""
+    console.print(
+        f"loaded {bill_type} of {mchid} for {bill_date}: {loaded.load.row_count} rows, SHA-1 {loaded.archived.sha1},"
+        f" lineage manual{replaced}; archived as {loaded.archived.path}. The next run of the day asks WeChat Pay"
+        " again and confirms or replaces it: wxrecon run --date " + bill_date.isoformat(),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # --- the exception workbench ------------------------------------------------------------------------
 
 exceptions_app = typer.Typer(
