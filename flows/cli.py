@@ -134,7 +134,10 @@ def _print_exceptions(rows: list[dict], title: str) -> None:
             if row[name] is not None
         )
         colour = "yellow" if row["state"] == "pending" else "red"
-        console.print(f"  [{colour}]{row['class']}[/{colour}] {row['mchid']} {key or '?'}", highlight=False)
+        resolved = row.get("work_state") == "resolved"
+        colour = "green" if resolved else colour
+        mark = " (resolved by hand)" if resolved else ""
+        console.print(f"  [{colour}]{row['class']}[/{colour}] {row['mchid']} {key or '?'}{mark}", highlight=False)
         if amounts:
             console.print(f"      {amounts}", highlight=False)
         if row.get("detail"):
@@ -219,9 +222,22 @@ def demo(
     result = run_demo(data_dir, say=console.print)
     _print_outcome(result.outcome)
     _print_exceptions(result.exceptions, f"Exceptions of {result.bill_date}")
-    for alert in result.alerts:
+    for alert in result.alerts[:1]:
         console.print(f"[bold]alert received by the local webhook[/bold]: {alert.get('title')}", highlight=False)
         console.print(alert.get("message", ""), highlight=False)
+    if result.resolved is not None and result.rerun is not None:
+        console.print(
+            f"[bold]resolved through the workbench[/bold]: {result.resolved['class']} {result.resolved['item_key']}"
+            f" (wxrecon exceptions show {result.resolved['exception_id'][:12]})",
+            highlight=False,
+        )
+        console.print(
+            f"re-run of {result.bill_date}: the alert counts {result.rerun.exceptions} exceptions"
+            f" (was {result.outcome.exceptions})",
+            highlight=False,
+        )
+        for alert in result.alerts[1:]:
+            console.print(f"[bold]second alert[/bold]: {alert.get('title')}", highlight=False)
     verdict = "found exactly the injected discrepancies" if result.as_injected else "did NOT find what it injected"
     console.print(f"demo {verdict}. Warehouse: {result.data_dir / 'warehouse.duckdb'}; notebooks: ./scripts/notebooks")
     raise typer.Exit(EXIT_OK if result.as_injected else EXIT_EXCEPTIONS)
@@ -325,7 +341,8 @@ def report(
     ]
     if exceptions:
         _print_exceptions(exceptions, "Exceptions (most at stake first)")
-    raise typer.Exit(EXIT_EXCEPTIONS if exceptions else EXIT_OK)
+    unresolved = [r for r in exceptions if r.get("work_state") != "resolved"]
+    raise typer.Exit(EXIT_EXCEPTIONS if unresolved else EXIT_OK)
 
 
 @app.command()
