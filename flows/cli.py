@@ -771,7 +771,9 @@ def exceptions_resolve(
 ) -> None:
     """Resolve exceptions (ids, or a filter) by hand, with a kind and a note."""
     settings = _settings(config)
-    result = resolve_exceptions(
+    from flows.recon.workbench import resolve_with_settings
+
+    result = resolve_with_settings(
         settings,
         ids,
         kind=kind,
@@ -782,26 +784,6 @@ def exceptions_resolve(
         dry_run=dry_run,
     )
     _action_done(result, "resolved")
-
-
-def resolve_exceptions(settings, ids, *, kind, note, selection=None, actor, limit=None, dry_run=False):
-    """What ``wxrecon exceptions resolve`` does (the demo runs it too)."""
-    from flows.recon import workbench
-
-    con = _action_connection(settings)
-    try:
-        return workbench.resolve(
-            con,
-            kind,
-            ids=ids,
-            selection=selection,
-            actor=actor,
-            note=note,
-            threshold=limit or settings.action_threshold,
-            apply=not dry_run,
-        )
-    finally:
-        con.close()
 
 
 @exceptions_app.command("reopen")

@@ -33,6 +33,7 @@ from typing import Any
 from flows.clock import Clock, wall_clock, yesterday
 from flows.notifications import NotificationLog, ReceiverMerchant, create_app, serve_receiver
 from flows.recon.classes import QUERYABLE
+from flows.recon.workbench import resolve_with_settings
 from flows.report import exceptions_of_day
 from flows.settings import Settings
 from flows.sources import LocalOrdersSource, LocalRefundsSource
@@ -171,8 +172,6 @@ DEMO_NOTE = "demo: the customer paid the ¥1.00 difference in cash at the counte
 
 def resolve_one(settings: Settings, exceptions: list[dict[str, Any]], say) -> dict[str, Any] | None:
     """Resolve the injected amount mismatch as ``wxrecon exceptions resolve ID --kind explained --note …`` does."""
-    from flows.cli import resolve_exceptions
-
     target = next((e for e in exceptions if e["class"] == "amount_mismatch"), None)
     if target is None:
         return None
@@ -180,7 +179,7 @@ def resolve_one(settings: Settings, exceptions: list[dict[str, Any]], say) -> di
         f"wxrecon exceptions resolve {target['exception_id'][:12]} --kind explained --note {DEMO_NOTE!r}"
         f"   # {target['class']} {target['item_key']}"
     )
-    resolve_exceptions(settings, [target["exception_id"]], kind="explained", note=DEMO_NOTE, actor="demo")
+    resolve_with_settings(settings, [target["exception_id"]], kind="explained", note=DEMO_NOTE, actor="demo")
     return target
 
 

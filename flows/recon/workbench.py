@@ -491,3 +491,32 @@ def open_for_action(target: Path | Lake, *, wait: float) -> duckdb.DuckDBPyConne
     """The warehouse opened writable for one action, waiting at most ``wait`` seconds while a run or a reader
     holds it (then :class:`~flows.warehouse.WarehouseBusy`)."""
     return open_warehouse(target, wait=wait, poll=0.2)
+
+
+def resolve_with_settings(
+    settings: Any,
+    ids: Sequence[str] | None,
+    *,
+    kind: str | None,
+    note: str | None,
+    selection: Selection | None = None,
+    actor: str,
+    limit: int | None = None,
+    dry_run: bool = False,
+) -> ActionResult:
+    """What ``wxrecon exceptions resolve`` does with its settings (the demo runs it too): open the warehouse for
+    the action (waiting ``action_wait_seconds``), resolve, close."""
+    con = open_for_action(settings.warehouse_target, wait=settings.action_wait_seconds)
+    try:
+        return resolve(
+            con,
+            kind,
+            ids=ids,
+            selection=selection,
+            actor=actor,
+            note=note,
+            threshold=limit or settings.action_threshold,
+            apply=not dry_run,
+        )
+    finally:
+        con.close()
