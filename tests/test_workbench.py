@@ -617,3 +617,50 @@ def test_an_action_on_a_busy_warehouse_waits_then_exits_5_with_nothing_written(r
     con = connect(path)
     assert con.execute("select count(*) from recon.exception_actions").fetchone()[0] == 0
     con.close()
+
+
+def test_wxrecon_exceptions_query_asks_the_simulator_as_the_initiator(reconciled, scenario, tmp_path):
+    """The command line's 补单 with real settings: keys from files, the simulator over loopback HTTP."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    data = tmp_path / "var"
+    data.mkdir()
+    shutil.copy(reconciled, data / "warehouse.duckdb")
+    lines = [f'api_base_url = "{scenario.sim_url}"', f'data_dir = "{data}"', "query_retry_seconds = 0.01"]
+    for n, merchant in enumerate(scenario.sim.merchants.values()):
+        folder = merchant.export(tmp_path / "keys")
+        lines += [
+            "[[merchants]]",
+            f'mchid = "{merchant.mchid}"',
+            f'appid = "{merchant.appid}"',
+            f'merchant_serial_no = "{merchant.merchant_serial}"',
+            f'private_key_file = "{folder / "apiclient_key.pem"}"',
+            f'api_v3_key_file = "{folder / "apiv3_key.txt"}"',
+            f'wechatpay_public_key_id = "{merchant.public_key_id}"',
+            f'wechatpay_public_key_file = "{folder / "wechatpay_public_key.pem"}"',
+            f"receives_notifications = {'true' if n == 0 else 'false'}",
+        ]
+    config = tmp_path / "wxrecon.toml"
+    config.write_text("\n".join(lines) + "\n")
+    scenario.sim.faults.error("/v3/combine-transactions/out-trade-no/", 429, "FREQUENCY_LIMITED", times=1)
+    try:
+        result = CliRunner().invoke(
+            app, ["exceptions", "query", "--class", "pending", "--by", "li.wei", "--config", str(config)]
+        )
+    finally:
+        scenario.sim.faults.clear()
+    assert result.exit_code == 0, result.output
+    assert "CB0005: WeChat Pay says SUCCESS: paid_bill_pending" in result.output
+    assert "retried 1 time(s): 429 FREQUENCY_LIMITED" in result.output
+    assert "2 proposal(s), 1 retried answer(s), 0 failed" in result.output
+    con = connect(data / "warehouse.duckdb")
+    try:
+        proposals = con.execute(
+            "select item_key, proposed_resolution from marts.mart_exceptions where proposed_resolution is not null"
+            " order by 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert proposals == [("CB0005S1", "paid_bill_pending"), ("CB0005S2", "paid_bill_pending")]
