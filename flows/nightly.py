@@ -44,7 +44,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.alerts import Alert, AlertNotDelivered, DayReport, compose, day_report, send
+from flows.alerts import Alert, AlertNotDelivered, DayReport, backlog_line, compose, day_report, send
 from flows.bills import settled_merchants
 from flows.clock import Clock, beijing_date
 from flows.context import run_clock, settings_for, using
@@ -241,6 +241,7 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {c.mchid} | {c.cls} | {c.items} | {fmt_yuan(c.exposure_fen)} |" for c in report.classes]
+    lines += ["", backlog_line(report.backlog)]
     if outcome.opened or outcome.closed:
         lines += ["", f"Since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed."]
         lines += [f"- opened {item}" for item in outcome.opened[:20]]
