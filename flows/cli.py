@@ -566,7 +566,8 @@ MaxOption = Annotated[int | None, typer.Option("--max-fen", help="money at stake
 ByOption = Annotated[str | None, typer.Option("--by", help="who acts (default: WXRECON_USER, else the login name)")]
 NoteOption = Annotated[str | None, typer.Option("--note", help="why (kept in the audit trail)")]
 LimitOption = Annotated[
-    int | None, typer.Option("--max", help="confirm a bulk action of up to this many (default: action_threshold)")
+    int | None,
+    typer.Option("--max", min=1, help="confirm a bulk action of up to this many (default: action_threshold)"),
 ]
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="show what would change; write nothing")]
 
