@@ -56,6 +56,7 @@ from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings
 from flows.sources import bill_day_window, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
+from wxpay.errors import WxPayError
 from wxpay.verifying import public_key_pem
 
 __all__ = ["BillDateError", "backfill", "not_ready_delays", "reconcile_day", "run_clock", "run_day", "using"]
@@ -195,7 +196,7 @@ def query_task(con: duckdb.DuckDBPyConnection, settings: Settings, now: Clock) -
             only_unproposed=True,
             clock=now,
         )
-    except Exception as exc:  # the night's figures stand without it
+    except (WxPayError, duckdb.Error, ValueError, KeyError, OSError) as exc:  # the night's figures stand without it
         logger.warning("补单 skipped: %s: %s", type(exc).__name__, exc)
         return 0
     logger.info(
