@@ -1,7 +1,11 @@
 """Alerts to finance when money does not match, and to whoever watches the run when it could not do its job.
 
 An alert names the merchant(s) and day, the count and yuan sums per exception class, the
-largest items (out_trade_no, both amounts) and where to look next. It is sent when the day's
+largest items (out_trade_no, both amounts) and where to look next. It counts only what is new — the day's
+exceptions nobody has resolved by hand (:mod:`flows.recon.workbench`) — and what this run reopened (a manual
+resolution the data now contradicts, on any day); the rest of the open backlog is one separate line (how
+many, the money at stake, the oldest age, how many are past their SLA), so the same open items are not
+repeated as news every night. It is sent when the day's
 open exceptions exceed the materiality thresholds (count or amount) and whenever the run had a
 problem (a late bill, credentials WeChat Pay refused, an integrity failure, WeChat Pay unavailable,
 a storage fault: :mod:`flows.outcome`); its title then leads with that problem, because the day's
@@ -52,6 +56,17 @@ class Item:
     exposure_fen: int
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """The open backlog: every open exception nobody has resolved yet, this day's included
+    (``marts.mart_exception_backlog``)."""
+
+    items: int = 0
+    exposure_fen: int = 0
+    oldest_age_days: int = 0
+    overdue: int = 0
+
+
 @dataclass
 class DayReport:
     """What the marts say about one reconciled day (the as-of day of a run)."""
@@ -62,6 +77,8 @@ class DayReport:
     top: list[Item] = field(default_factory=list)
     matched: int = 0
     pending: int = 0
+    reopened: int = 0  # of the exceptions counted, how many this run reopened
+    backlog: Backlog = field(default_factory=Backlog)
 
     @property
     def exceptions(self) -> int:
@@ -73,14 +90,37 @@ class DayReport:
 
 
 def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[str], *, top: int = 5) -> DayReport:
-    """Open exceptions of ``as_of`` per merchant and class, and the largest of them (pending kept apart)."""
+    """New exceptions of ``as_of`` (not resolved by hand) and those the newest run reopened, per merchant and
+    class, and the largest of them (pending kept apart); the whole open backlog as one figure."""
     ids = sorted(merchants)
     report = DayReport(as_of, ids)
+    scope = [*ids, "_unrouted"]
+    # the day's items not resolved by hand, and the items of other days that the newest run reopened
+    counted = (
+        "select exception_id, mchid, class, state, item_kind, item_key, notification_id, bill_fen, local_fen,"
+        " notified_fen, diff_fen, exposure_fen from marts.mart_recon_items"
+        " where recon_date = $day and list_contains($scope, mchid) and work_state <> 'resolved'"
+        " union all by name select exception_id, mchid, class, state, item_kind, item_key, notification_id, bill_fen,"
+        " local_fen, notified_fen, diff_fen, exposure_fen from marts.mart_exceptions"
+        " where recon_date <> $day and list_contains($scope, mchid) and work_state <> 'resolved'"
+        " and exception_id in (select exception_id from marts.mart_exception_changes"
+        " where is_latest and event = 'reopened')"
+    )
+    args = {"day": as_of, "scope": scope}
     rows = con.execute(
-        "select mchid, class, state, count(*), sum(exposure_fen) from marts.mart_recon_items"
-        " where recon_date = ? and list_contains(?, mchid) group by all order by all",
-        [as_of, [*ids, "_unrouted"]],
+        f"select mchid, class, state, count(*), sum(exposure_fen) from ({counted}) group by all order by all", args
     ).fetchall()
+    report.reopened = con.execute(
+        f"select count(*) from ({counted}) where exception_id in (select exception_id"
+        " from marts.mart_exception_changes where is_latest and event = 'reopened')",
+        args,
+    ).fetchone()[0]
+    items, exposure, oldest, overdue = con.execute(
+        "select coalesce(sum(items), 0), coalesce(sum(exposure_fen), 0), coalesce(max(oldest_age_days), 0),"
+        " coalesce(sum(overdue_items), 0) from marts.mart_exception_backlog where list_contains($scope, mchid)",
+        {"scope": scope},
+    ).fetchone()
+    report.backlog = Backlog(int(items), int(exposure), int(oldest), int(overdue))
     report.matched = con.execute(
         "select coalesce(sum(items), 0) from marts.mart_daily_summary where recon_date = ? and class = 'matched'"
         " and list_contains(?, mchid)",
@@ -96,9 +136,9 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
         for row in con.execute(
             "select mchid, class, case when item_kind = 'notification_line' then coalesce(notification_id, item_key)"
             " else item_key end, bill_fen, local_fen, notified_fen, diff_fen,"
-            " exposure_fen from marts.mart_recon_items where recon_date = ? and list_contains(?, mchid)"
-            " and state = 'open' order by exposure_fen desc, mchid, item_key limit ?",
-            [as_of, [*ids, "_unrouted"], top],
+            f" exposure_fen from ({counted}) where state = 'open' order by exposure_fen desc, mchid, item_key"
+            " limit $top",
+            {**args, "top": top},
         ).fetchall()
     ]
     return report
@@ -143,6 +183,8 @@ def compose(report: DayReport, config: AlertConfig, *, problems: Sequence[Proble
     lines = [
         f"Day {report.as_of} (Beijing), merchants {', '.join(report.merchants)}.",
         f"Matched items: {report.matched}; pending (waiting for the next bill): {report.pending}.",
+        f"New or reopened exceptions: {report.exceptions} ({report.reopened} reopened).",
+        backlog_line(report.backlog),
     ]
     if reasons:
         lines.append("Why this alert: " + "; ".join(reasons) + ".")
@@ -173,6 +215,16 @@ def compose(report: DayReport, config: AlertConfig, *, problems: Sequence[Proble
     lines.append("")
     lines.append(f"Details: {config.notebook_hint}")
     return Alert(title, "\n".join(lines), tuple(reasons), severity)
+
+
+def backlog_line(backlog: Backlog) -> str:
+    """The alert's line about the open backlog (its age, apart from the day's count)."""
+    if not backlog.items:
+        return "Open backlog: none."
+    return (
+        f"Open backlog: {backlog.items} exception(s), {fmt_yuan(backlog.exposure_fen)} at stake, oldest"
+        f" {backlog.oldest_age_days} day(s), {backlog.overdue} past their SLA."
+    )
 
 
 def _headline(kind: Kind, problems: Sequence[Problem]) -> str:

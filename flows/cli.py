@@ -22,6 +22,7 @@ from rich.table import Table
 
 from flows.money import fmt_yuan
 from flows.outcome import ExitCode
+from wxpay.models import BEIJING as BEIJING_TZ
 
 EXIT_CODES = """Exit codes:
 
@@ -136,7 +137,10 @@ def _print_exceptions(rows: list[dict], title: str) -> None:
             if row[name] is not None
         )
         colour = "yellow" if row["state"] == "pending" else "red"
-        console.print(f"  [{colour}]{row['class']}[/{colour}] {row['mchid']} {key or '?'}", highlight=False)
+        resolved = row.get("work_state") == "resolved"
+        colour = "green" if resolved else colour
+        mark = " (resolved by hand)" if resolved else ""
+        console.print(f"  [{colour}]{row['class']}[/{colour}] {row['mchid']} {key or '?'}{mark}", highlight=False)
         if amounts:
             console.print(f"      {amounts}", highlight=False)
         if row.get("detail"):
@@ -223,9 +227,22 @@ def demo(
     result = run_demo(data_dir, say=console.print)
     _print_outcome(result.outcome)
     _print_exceptions(result.exceptions, f"Exceptions of {result.bill_date}")
-    for alert in result.alerts:
+    for alert in result.alerts[:1]:
         console.print(f"[bold]alert received by the local webhook[/bold]: {alert.get('title')}", highlight=False)
         console.print(alert.get("message", ""), highlight=False)
+    if result.resolved is not None and result.rerun is not None:
+        console.print(
+            f"[bold]resolved through the workbench[/bold]: {result.resolved['class']} {result.resolved['item_key']}"
+            f" (wxrecon exceptions show {result.resolved['exception_id'][:12]})",
+            highlight=False,
+        )
+        console.print(
+            f"re-run of {result.bill_date}: the alert counts {result.rerun.exceptions} exceptions"
+            f" (was {result.outcome.exceptions})",
+            highlight=False,
+        )
+        for alert in result.alerts[1:]:
+            console.print(f"[bold]second alert[/bold]: {alert.get('title')}", highlight=False)
     verdict = "found exactly the injected discrepancies" if result.as_injected else "did NOT find what it injected"
     console.print(f"demo {verdict}. Warehouse: {result.data_dir / 'warehouse.duckdb'}; notebooks: ./scripts/notebooks")
     raise typer.Exit(EXIT_OK if result.as_injected else EXIT_EXCEPTIONS)
@@ -329,7 +346,8 @@ def report(
     ]
     if exceptions:
         _print_exceptions(exceptions, "Exceptions (most at stake first)")
-    raise typer.Exit(EXIT_EXCEPTIONS if exceptions else EXIT_OK)
+    unresolved = [r for r in exceptions if r.get("work_state") != "resolved"]
+    raise typer.Exit(EXIT_EXCEPTIONS if unresolved else EXIT_OK)
 
 
 @app.command()
@@ -493,6 +511,349 @@ def deploy(config: ConfigOption = None) -> None:
         highlight=False,
     )
     serve_nightly(settings, config)
+
+
+@app.command("load-bill")
+@_handled
+def load_bill_command(
+    file: Annotated[Path, typer.Argument(help="the bill from the merchant portal (csv, or gz)")],
+    mchid: Annotated[str, typer.Option("--mchid", help="the merchant whose bill it is")],
+    day: Annotated[str, typer.Option("--date", help="the bill's day YYYY-MM-DD")],
+    bill_type: Annotated[str, typer.Option("--type", help="trade_all, trade_success or trade_refund")] = "trade_all",
+    by: Annotated[str | None, typer.Option("--by", help="who loads it (default: WXRECON_USER, else the login)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Load a bill downloaded by hand from the merchant portal (the same checks as the API's; lineage manual)."""
+    settings = _settings(config)
+    from flows.bills import BillArchive, ManualBillError, load_manual_bill
+    from flows.recon.workbench import open_for_action
+
+    bill_date = _date(day)
+    con = open_for_action(settings.warehouse_target, wait=settings.action_wait_seconds)
+    try:
+        loaded = load_manual_bill(
+            con, BillArchive(settings.archive_root), file, mchid=mchid, bill_date=bill_date, bill_type=bill_type,
+            loaded_by=_actor(by),
+        )  # fmt: skip
+    except ManualBillError as exc:
+        console.print(f"[red]refused:[/red] {exc}; nothing was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    finally:
+        con.close()
+    replaced = f"; it replaced the load {loaded.previous_sha1}" if loaded.previous_sha1 else ""
+    console.print(
+        f"loaded {bill_type} of {mchid} for {bill_date}: {loaded.load.row_count} rows, SHA-1 {loaded.archived.sha1},"
+        f" lineage manual{replaced}; archived as {loaded.archived.path}. The next run of the day asks WeChat Pay"
+        " again and confirms or replaces it: wxrecon run --date " + bill_date.isoformat(),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+# --- the exception workbench ------------------------------------------------------------------------
+
+exceptions_app = typer.Typer(
+    no_args_is_help=True,
+    help="The exception workbench: list, show, assign, resolve, reopen, query (补单). Reads are read-only; each"
+    " action is one short transaction that waits at most action_wait_seconds for a busy warehouse (then exit 5).",
+    rich_markup_mode=None,
+)
+app.add_typer(exceptions_app, name="exceptions")
+
+IdsArgument = Annotated[list[str] | None, typer.Argument(help="exception ids (a unique prefix of 6+ characters)")]
+MchidOption = Annotated[list[str] | None, typer.Option("--mchid", help="merchant (repeatable)")]
+ClassOption = Annotated[list[str] | None, typer.Option("--class", help="class (repeatable)")]
+FromOption = Annotated[str | None, typer.Option("--from", help="first bill day YYYY-MM-DD")]
+ToOption = Annotated[str | None, typer.Option("--to", help="last bill day YYYY-MM-DD")]
+DayOption = Annotated[str | None, typer.Option("--date", help="one bill day YYYY-MM-DD")]
+MinOption = Annotated[int | None, typer.Option("--min-fen", help="money at stake at least (fen)")]
+MaxOption = Annotated[int | None, typer.Option("--max-fen", help="money at stake at most (fen)")]
+ByOption = Annotated[str | None, typer.Option("--by", help="who acts (default: WXRECON_USER, else the login name)")]
+NoteOption = Annotated[str | None, typer.Option("--note", help="why (kept in the audit trail)")]
+LimitOption = Annotated[
+    int | None,
+    typer.Option("--max", min=1, help="confirm a bulk action of up to this many (default: action_threshold)"),
+]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="show what would change; write nothing")]
+
+
+def _selection(mchid, cls, start, end, day, min_fen, max_fen, states=None):
+    from flows.recon.workbench import Selection
+
+    if day and (start or end):
+        raise typer.BadParameter("give --date or --from/--to, not both")
+    first = _date(day or start) if (day or start) else None
+    last = _date(day or end) if (day or end) else None
+    return Selection(
+        mchids=tuple(mchid or ()),
+        classes=tuple(cls or ()),
+        start=first,
+        end=last,
+        min_fen=min_fen,
+        max_fen=max_fen,
+        work_states=tuple(states or ()),
+    )
+
+
+def _actor(by: str | None) -> str:
+    if by:
+        return by
+    import getpass
+
+    return os.environ.get("WXRECON_USER") or getpass.getuser()
+
+
+def _workbench_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A refused action (bad id, kind, note, filter) is one red line naming what was wrong, exit 2."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from flows.recon.workbench import WorkbenchError
+
+        try:
+            return command(*args, **kwargs)
+        except WorkbenchError as exc:
+            console.print(f"[red]refused:[/red] {exc}; nothing was written", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    return run
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    """One line per exception, ids whole: id, day, merchant, class, work state, money at stake, key."""
+    console.print(f"[bold]{title}[/bold]", highlight=False, soft_wrap=True)
+    for row in rows:
+        state = row["work_state"] + (f" ({row['resolution']})" if row.get("resolution") else "")
+        state += f" → {row['assignee']}" if row.get("assignee") and row["work_state"] != "resolved" else ""
+        console.print(
+            f"  {row['exception_id'][:12]} {row['recon_date']} {row['mchid']} {row['class']}"
+            f" {fmt_yuan(row['exposure_fen'], empty='-')} {row['item_key']} [{state}]",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+def _action_done(result, verb: str) -> None:
+    if not result.applied:
+        _print_rows(result.rows, f"would {verb} {result.count} exception(s) (dry run: nothing written)")
+        return
+    _print_rows(result.rows, f"{verb} {result.count} exception(s)")
+    console.print(f"{verb}: {result.count} (batch {result.batch_id[:12]} in the audit trail)", highlight=False)
+
+
+def _action_connection(settings):
+    from flows.recon.workbench import open_for_action
+
+    return open_for_action(settings.warehouse_target, wait=settings.action_wait_seconds)
+
+
+@exceptions_app.command("list")
+@_handled
+@_workbench_errors
+def exceptions_list(
+    mchid: MchidOption = None,
+    cls: ClassOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    day: DayOption = None,
+    min_fen: MinOption = None,
+    max_fen: MaxOption = None,
+    state: Annotated[
+        list[str] | None, typer.Option("--state", help="open, assigned, resolved (default: open and assigned)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List exceptions (read-only), oldest day first."""
+    settings = _settings(config)
+    from flows.recon import workbench
+    from flows.warehouse import open_warehouse
+
+    selection = _selection(mchid, cls, start, end, day, min_fen, max_fen, state or ("open", "assigned"))
+    con = open_warehouse(settings.warehouse_target, read_only=True, wait=settings.warehouse_wait_seconds)
+    try:
+        rows = workbench.select(con, selection)
+    finally:
+        con.close()
+    _print_rows(rows, f"{len(rows)} exception(s): {selection.describe()}")
+
+
+@exceptions_app.command("show")
+@_handled
+@_workbench_errors
+def exceptions_show(exception_id: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
+    """One exception with its amounts, evidence, proposal and audit trail (read-only)."""
+    settings = _settings(config)
+    from flows.recon import workbench
+    from flows.warehouse import open_warehouse
+
+    con = open_warehouse(settings.warehouse_target, read_only=True, wait=settings.warehouse_wait_seconds)
+    try:
+        (full,) = workbench.resolve_ids(con, [exception_id])
+        (row,) = workbench.select(con, ids=[full])
+        trail = workbench.history(con, full)
+    finally:
+        con.close()
+    for name, value in row.items():
+        if value is not None:
+            shown = fmt_yuan(value) if name.endswith("_fen") else value
+            console.print(f"{name:>22}: {shown}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]audit trail ({len(trail)})[/bold]")
+    for action in trail:
+        when = action["acted_at"].astimezone(BEIJING_TZ).strftime("%Y-%m-%d %H:%M:%S")
+        what = action["action"] + (f" {action['resolution']}" if action["resolution"] else "")
+        what += f" → {action['assignee']}" if action["action"] == "assigned" else ""
+        console.print(f"  {when} {action['actor']}: {what}", highlight=False, soft_wrap=True)
+        if action["note"]:
+            console.print(f"      {action['note']}", style="dim", highlight=False, soft_wrap=True)
+
+
+@exceptions_app.command("assign")
+@_handled
+@_workbench_errors
+def exceptions_assign(
+    ids: IdsArgument = None,
+    to: Annotated[str, typer.Option("--assignee", help="who works on them")] = "",
+    mchid: MchidOption = None,
+    cls: ClassOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    day: DayOption = None,
+    min_fen: MinOption = None,
+    max_fen: MaxOption = None,
+    by: ByOption = None,
+    note: NoteOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Assign exceptions (ids, or a filter) to someone."""
+    settings = _settings(config)
+    from flows.recon import workbench
+
+    selection = _selection(mchid, cls, start, end, day, min_fen, max_fen)
+    con = _action_connection(settings)
+    try:
+        result = workbench.assign(
+            con,
+            to,
+            ids=ids,
+            selection=selection,
+            actor=_actor(by),
+            note=note,
+            threshold=limit or settings.action_threshold,
+            apply=not dry_run,
+        )
+    finally:
+        con.close()
+    _action_done(result, "assigned")
+
+
+@exceptions_app.command("resolve")
+@_handled
+@_workbench_errors
+def exceptions_resolve(
+    ids: IdsArgument = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="explained, written_off, recovered, refunded_to_payer, adjusted_locally,"
+            " false_positive, never_paid, paid_bill_pending (default: what a 补单 query proposed)",
+        ),
+    ] = None,
+    note: NoteOption = None,
+    mchid: MchidOption = None,
+    cls: ClassOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    day: DayOption = None,
+    min_fen: MinOption = None,
+    max_fen: MaxOption = None,
+    by: ByOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Resolve exceptions (ids, or a filter) by hand, with a kind and a note."""
+    settings = _settings(config)
+    from flows.recon.workbench import resolve_with_settings
+
+    result = resolve_with_settings(
+        settings,
+        ids,
+        kind=kind,
+        note=note,
+        selection=_selection(mchid, cls, start, end, day, min_fen, max_fen),
+        actor=_actor(by),
+        limit=limit,
+        dry_run=dry_run,
+    )
+    _action_done(result, "resolved")
+
+
+@exceptions_app.command("reopen")
+@_handled
+@_workbench_errors
+def exceptions_reopen(
+    ids: IdsArgument = None,
+    note: NoteOption = None,
+    by: ByOption = None,
+    dry_run: DryRunOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Reopen manual resolutions (ids)."""
+    settings = _settings(config)
+    from flows.recon import workbench
+
+    con = _action_connection(settings)
+    try:
+        result = workbench.reopen(con, ids=ids or [], actor=_actor(by), note=note, apply=not dry_run)
+    finally:
+        con.close()
+    _action_done(result, "reopened")
+
+
+@exceptions_app.command("query")
+@_handled
+@_workbench_errors
+def exceptions_query(
+    ids: IdsArgument = None,
+    mchid: MchidOption = None,
+    cls: ClassOption = None,
+    start: FromOption = None,
+    end: ToOption = None,
+    day: DayOption = None,
+    by: ByOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """补单: ask WeChat Pay about the combine orders of exceptions; attach the answers and their proposals."""
+    settings = _settings(config)
+    from flows.recon.query import query_for_settings
+
+    selection = _selection(mchid, cls, start, end, day, None, None)
+    con = _action_connection(settings)
+    try:
+        report = query_for_settings(con, settings, ids=ids, selection=selection, actor=_actor(by))
+    finally:
+        con.close()
+    for queried in report.queried:
+        if queried.error:
+            console.print(f"[red]{queried.combine_out_trade_no}: {queried.error}[/red]", highlight=False)
+        else:
+            state = queried.evidence["trade_state"]
+            proposals = ", ".join(sorted({p or "no proposal" for p in queried.proposals.values()}))
+            console.print(f"{queried.combine_out_trade_no}: WeChat Pay says {state}: {proposals}", highlight=False)
+        if queried.retries:
+            console.print(f"    retried {len(queried.retries)} time(s): {', '.join(queried.retries)}", highlight=False)
+    for skipped in report.skipped:
+        console.print(f"  skipped {skipped}", highlight=False)
+    console.print(
+        f"asked about {len(report.queried)} combine order(s): {report.proposed} proposal(s), {report.retried} retried"
+        f" answer(s), {len(report.failed)} failed; confirm with: wxrecon exceptions resolve ID --note …",
+        highlight=False,
+    )
+    raise typer.Exit(ExitCode.UNAVAILABLE if report.failed else EXIT_OK)
 
 
 def main() -> None:  # the console script

@@ -9,7 +9,9 @@
    a duplicate callback.
 4. Run the nightly flow (``reconcile_day``) under Prefect — the day of business left the simulator's
    clock past 10:00 the next day, when bills are ready — then print the exceptions and the alert the
-   webhook got.
+   webhook got. The run asks WeChat Pay (补单) about the exceptions whose truth it decides.
+5. Resolve the injected amount mismatch through the workbench — the code of ``wxrecon exceptions resolve``
+   — and run the day again: the second alert counts one exception fewer.
 
 The warehouse, archive, notification log and the merchant's records stay under ``data_dir``
 (default ``var/``), where ``./scripts/notebooks`` opens them. Business times follow the
@@ -30,6 +32,9 @@ from typing import Any
 
 from flows.clock import Clock, wall_clock, yesterday
 from flows.notifications import NotificationLog, ReceiverMerchant, create_app, serve_receiver
+from flows.recon.classes import QUERYABLE
+from flows.recon.workbench import resolve_with_settings
+from flows.report import exceptions_of_day
 from flows.settings import Settings
 from flows.sources import LocalOrdersSource, LocalRefundsSource
 from wxpay.models import BEIJING
@@ -74,9 +79,11 @@ class AlertInbox:
 class DemoResult:
     bill_date: date
     outcome: Any
-    exceptions: list[dict[str, Any]]
-    alerts: list[dict[str, Any]]
+    exceptions: list[dict[str, Any]]  # as the first run found them
+    alerts: list[dict[str, Any]]  # the first run's alert, then the re-run's
     data_dir: Path
+    resolved: dict[str, Any] | None = None  # the exception resolved through the workbench
+    rerun: Any = None  # the re-run's outcome
 
     @property
     def as_injected(self) -> bool:
@@ -151,12 +158,29 @@ def run_demo(data_dir: Path = Path("var"), *, say=print, seed: int = 2026, clock
         say(f"running reconcile_day({day}) under Prefect ...")
         with using(settings, clock=sim.clock.now):  # the simulated world's clock is the run's clock
             outcome = run_day(day)
+            exceptions = exceptions_of_day(settings.warehouse_path, day)
+            resolved = resolve_one(settings, exceptions, say)
+            say(f"running reconcile_day({day}) again ...")
+            rerun = run_day(day)
     inbox.close()
     sim.close()
-    from flows.report import exceptions_of_day
+    return DemoResult(day, outcome, exceptions, inbox.received, data_dir, resolved, rerun)
 
-    exceptions = exceptions_of_day(settings.warehouse_path, day)
-    return DemoResult(day, outcome, exceptions, inbox.received, data_dir)
+
+DEMO_NOTE = "demo: the customer paid the ¥1.00 difference in cash at the counter"
+
+
+def resolve_one(settings: Settings, exceptions: list[dict[str, Any]], say) -> dict[str, Any] | None:
+    """Resolve the injected amount mismatch as ``wxrecon exceptions resolve ID --kind explained --note …`` does."""
+    target = next((e for e in exceptions if e["class"] == "amount_mismatch"), None)
+    if target is None:
+        return None
+    say(
+        f"wxrecon exceptions resolve {target['exception_id'][:12]} --kind explained --note {DEMO_NOTE!r}"
+        f"   # {target['class']} {target['item_key']}"
+    )
+    resolve_with_settings(settings, [target["exception_id"]], kind="explained", note=DEMO_NOTE, actor="demo")
+    return target
 
 
 def demo_settings(
@@ -187,4 +211,6 @@ def demo_settings(
         alerts={"urls": [alert_url], "max_count": 0, "max_amount_fen": 0},
         bill_retry_seconds=1,
         bill_ready_deadline_hours=0.01,
+        query_classes=list(QUERYABLE),  # 补单 after the recon: ask WeChat Pay where its view decides
+        query_retry_seconds=0.2,
     )

@@ -13,7 +13,8 @@ is not over yet, then runs, in order:
    fetches it again), so a later run picks up only the late ones;
 2. read the merchant's own records for the window around the day (if configured);
 3. re-verify new notification-log lines;
-4. reconcile the day (``flows.recon``), run the SQL data checks;
+4. reconcile the day (``flows.recon``); ask WeChat Pay about the exceptions of ``settings.query_classes`` (补单,
+   :mod:`flows.recon.query`: evidence and proposals for finance); run the SQL data checks;
 5. alert: when the thresholds are passed or the run had a problem (:mod:`flows.outcome` names the
    kinds), with the problem first in the title; a route that fails is retried;
 6. leave a markdown artifact with the day's summary table.
@@ -43,7 +44,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.alerts import Alert, AlertNotDelivered, DayReport, compose, day_report, send
+from flows.alerts import Alert, AlertNotDelivered, DayReport, backlog_line, compose, day_report, send
 from flows.bills import remove_debris, settled_merchants
 from flows.clock import Clock, beijing_date
 from flows.context import run_clock, settings_for, using
@@ -55,6 +56,7 @@ from flows.recon import ReconParams, ReconResult, reconcile
 from flows.settings import Settings
 from flows.sources import LocalSourceError, bill_day_window, import_local, read_local_orders, read_local_refunds
 from flows.warehouse import LOAD_MEMORY_LIMIT, lowered_memory_limit, open_warehouse, run_checks, run_lock
+from wxpay.errors import WxPayError
 from wxpay.verifying import public_key_pem
 
 __all__ = ["BillDateError", "backfill", "not_ready_delays", "reconcile_day", "run_clock", "run_day", "using"]
@@ -196,6 +198,41 @@ def recon_task(con: duckdb.DuckDBPyConnection, settings: Settings, bill_date: da
     return result
 
 
+@task(name="query WeChat Pay", cache_policy=NO_CACHE)
+def query_task(con: duckdb.DuckDBPyConnection, settings: Settings, now: Clock) -> int:
+    """补单 after the reconciliation: ask WeChat Pay about the unresolved exceptions of ``settings.query_classes``
+    that no query has proposed a resolution for yet; the answers become evidence and proposals
+    (:mod:`flows.recon.query`). A failure here is logged: it never fails the night."""
+    from flows.recon.query import query_for_settings
+    from flows.recon.workbench import Selection
+
+    logger = get_run_logger()
+    try:
+        report = query_for_settings(
+            con,
+            settings,
+            selection=Selection(mchids=tuple(settings.mchids)),
+            classes=settings.query_classes,
+            actor="wxrecon",
+            only_unproposed=True,
+            clock=now,
+        )
+    except (WxPayError, duckdb.Error, ValueError, KeyError, OSError) as exc:  # the night's figures stand without it
+        logger.warning("补单 skipped: %s: %s", type(exc).__name__, exc)
+        return 0
+    logger.info(
+        "补单: asked WeChat Pay about %d combine orders: %d proposals, %d retried answers, %d failed, %d skipped",
+        len(report.queried),
+        report.proposed,
+        report.retried,
+        len(report.failed),
+        len(report.skipped),
+    )
+    for failed in report.failed:
+        logger.warning("补单 %s: %s", failed.combine_out_trade_no, failed.error)
+    return report.proposed
+
+
 @task(name="data checks", cache_policy=NO_CACHE)
 def checks_task(con: duckdb.DuckDBPyConnection) -> list[str]:
     results = run_checks(con)
@@ -226,6 +263,7 @@ def summary_markdown(report: DayReport, outcome: DayOutcome) -> str:
         "|---|---|---:|---:|",
     ]
     lines += [f"| {c.mchid} | {c.cls} | {c.items} | {fmt_yuan(c.exposure_fen)} |" for c in report.classes]
+    lines += ["", backlog_line(report.backlog)]
     if outcome.opened or outcome.closed:
         lines += ["", f"Since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed."]
         lines += [f"- opened {item}" for item in outcome.opened[:20]]
@@ -351,6 +389,8 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
             notifications_task(con, settings, bill_date, today)
             _step("reconcile")
             result = recon_task(con, settings, bill_date)
+            if settings.query_classes:
+                query_task(con, settings, now)
             _step("data checks")
             outcome.problems += [Problem(Kind.INTEGRITY, text) for text in checks_task(con)]
             report = day_report(con, bill_date, settings.mchids, top=settings.alerts.top_items)

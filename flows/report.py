@@ -20,11 +20,13 @@ def _rows(warehouse: Path, sql: str, args: list[Any], wait: float = 30.0) -> lis
 
 
 def exceptions_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
-    """The day's exception items (pending ones included), most money at stake first."""
+    """The day's exception items (pending ones included), most money at stake first; ``work_state`` says which
+    finance resolved by hand (``resolved``)."""
     return _rows(
         warehouse,
         "select mchid, class, state, item_kind, item_key, bill_fen, local_fen, notified_fen, diff_fen, exposure_fen,"
-        " detail, bill_archive_path, bill_line_no, notification_id, notification_log_file, notification_line_no"
+        " detail, bill_archive_path, bill_line_no, notification_id, notification_log_file, notification_line_no,"
+        " exception_id, work_state"
         " from marts.mart_recon_items where recon_date = ? and class <> 'matched'"
         " order by exposure_fen desc, mchid, item_key",
         [day],

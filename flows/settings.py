@@ -299,6 +299,14 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=2, ge=1, le=16)  # units of merchants loading at once in the nightly's process
     bills_batch_size: int = Field(default=50, ge=1, le=10_000)  # merchants per unit (one Prefect task or flow run)
     bills_deployment: str | None = None  # "load-bills/bills-worker": units run on a work pool's workers (DuckLake)
+    # the exception workbench (README "The exception workbench")
+    action_wait_seconds: float = Field(default=30.0, ge=0)  # how long an action waits for a busy warehouse (then 5)
+    action_threshold: int = Field(default=50, ge=1)  # a bulk action selecting more exceptions is refused
+    query_classes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # 补单 after the nightly recon
+    query_max_orders: int = Field(default=100, ge=1, le=10_000)  # combine orders one 补单 pass asks about
+    query_per_second: float = Field(default=5.0, gt=0)  # 补单 queries per second (WeChat Pay rate-limits)
+    query_retries: int = Field(default=3, ge=0, le=10)  # a 429 / 5xx answer is asked again this many times
+    query_retry_seconds: float = Field(default=1.0, ge=0)  # first wait before asking again; doubles
     schedule_cron: str = "30 22 * * *"
     schedule_timezone: str = "Asia/Shanghai"
     receiver_host: str = "127.0.0.1"
@@ -351,6 +359,20 @@ class Settings(BaseSettings):
             )
         for proxy in value:
             ipaddress.ip_network(proxy, strict=False)  # ValueError: not an address or network
+        return value
+
+    @field_validator("query_classes", mode="before")
+    @classmethod
+    def _query_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):  # comma-separated in the environment, or a JSON list
+            value = (
+                json.loads(value) if value.lstrip().startswith("[") else [v for v in re.split(r"[\s,]+", value) if v]
+            )
+        from flows.recon.classes import QUERYABLE
+
+        unknown = [c for c in value if c not in QUERYABLE]
+        if unknown:
+            raise ValueError(f"not a class 补单 can settle: {', '.join(unknown)} (it can: {', '.join(QUERYABLE)})")
         return value
 
     @model_validator(mode="after")

@@ -32,11 +32,28 @@ def test_the_demo_finds_exactly_what_it_injects(demo):
     assert {e["class"] for e in demo.exceptions} == INJECTED
     assert demo.as_injected
     assert demo.outcome.alert_sent
-    assert len(demo.alerts) == 1
+    assert len(demo.alerts) == 2  # the run's, then the re-run's after one exception was resolved
     message = demo.alerts[0]["message"]
     for cls in INJECTED:
         assert cls in message
-    assert (demo.data_dir / "warehouse.duckdb").exists()
+    # the demo ends by resolving the amount mismatch through the workbench; the re-run's alert counts one fewer
+    assert demo.resolved["class"] == "amount_mismatch"
+    assert (demo.outcome.exceptions, demo.rerun.exceptions) == (4, 3)
+    assert "4 exceptions" in demo.alerts[0]["title"]
+    assert "3 exceptions" in demo.alerts[1]["title"]
+    assert "amount_mismatch" not in demo.alerts[1]["message"]
+    assert "Open backlog: 3 exception(s)" in demo.alerts[1]["message"]
+    con = duckdb.connect(str(demo.data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        audit = con.execute(
+            "select action, actor, resolution, class from marts.mart_exception_audit where action = 'resolved'"
+        ).fetchall()
+        assert audit == [("resolved", "demo", "explained", "amount_mismatch")]
+        assert con.execute(
+            "select work_state from marts.mart_exceptions where exception_id = ?", [demo.resolved["exception_id"]]
+        ).fetchone() == ("resolved",)
+    finally:
+        con.close()
     assert any((demo.data_dir / "archive").rglob("*.csv.gz"))
     assert any((demo.data_dir / "notifications").rglob("*.jsonl"))
 

@@ -92,3 +92,54 @@ def test_readers_see_the_last_commit_while_a_writer_works_and_can_read_an_older_
     past = open_warehouse(lake, read_only=True, snapshot=before)  # what an alert saw before the change
     assert past.execute(count, [D]).fetchone()[0] == items
     writer.close()
+
+
+def test_workbench_actions_and_a_rerun_on_a_lake(tmp_path_factory, merchant_pool, lake):
+    """The workbench's one-transaction actions on a DuckLake, and a re-run that keeps a manual resolution (the
+    exception upsert's MERGE has the one UPDATE a DuckLake takes) and reopens a contradicted one."""
+    from flows.recon import workbench
+    from flows.recon.workbench import Selection
+
+    scenario = recon_scenario.build(tmp_path_factory.mktemp("lake"), merchant_pool, warehouse=lake)
+    try:
+        reconciled(lake, scenario)
+        con = connect(lake)
+        try:
+            ids = dict(con.execute("select item_key, exception_id from recon.exceptions").fetchall())
+            workbench.assign(con, "li.wei", ids=[ids["CB0002S1"]], actor="zhang.min")
+            workbench.resolve(con, "explained", ids=[ids["CB0002S1"]], actor="li.wei", note="cash")
+            done = workbench.resolve(
+                con, "adjusted_locally", selection=Selection(mchids=(P0,), classes=("status_mismatch",)),
+                actor="li.wei", note="app fixed",
+            )  # fmt: skip
+            assert done.count == 1
+            before = con.execute("select * from recon.exception_actions order by all").fetchall()
+            with pytest.raises(workbench.AlreadyResolved):
+                workbench.resolve(con, "explained", ids=[ids["CB0002S1"]], actor="li.wei", note="again")
+            assert con.execute("select * from recon.exception_actions order by all").fetchall() == before
+            # the merchant corrects CB0006S1's record; CB0002S1 stays as it was
+            orders, refunds = scenario.local_tables()
+            rows = orders.to_pylist()
+            for row in rows:
+                if row["out_trade_no"] == "CB0006S1":
+                    row["amount_fen"] += 1
+            import pyarrow as pa
+
+            import_local(con, pa.Table.from_pylist(rows, schema=orders.schema), refunds, start=WINDOW[0],
+                         end=WINDOW[1], source_label="test")  # fmt: skip
+            result = reconcile(con, ReconParams(as_of=D, merchants=MERCHANTS, local_refunds=True))
+            assert ("reopened", "CB0006S1") in {(c.event, c.item_key) for c in result.changes}
+            states = dict(
+                con.execute(
+                    "select item_key, work_state from marts.mart_exceptions where item_key in ('CB0002S1', 'CB0006S1')"
+                ).fetchall()
+            )
+            assert states == {"CB0002S1": "resolved", "CB0006S1": "open"}
+            assert con.execute(
+                "select action from recon.exception_actions where exception_id = ? and action = 'reopened_by_data'",
+                [ids["CB0006S1"]],
+            ).fetchall() == [("reopened_by_data",)]
+        finally:
+            con.close()
+    finally:
+        recon_scenario.close(scenario)

@@ -442,3 +442,45 @@ def test_an_open_notebook_does_not_make_wxrecon_run_fail(world, tmp_path):
     text = probe.outputs[0]["text"]
     assert "RUNS 3" in text  # the notebook now sees the run it was open during
     assert "'ok': 0" not in text  # it kept reading while the run went
+
+
+def test_drilldown_resolves_with_a_note_after_a_preview_like_the_command_line(world, tmp_path):
+    from tests.test_workbench import cli_config, comparable
+
+    note = "customer paid the difference in cash"
+    copy = tmp_path / "notebook" / "warehouse.duckdb"
+    copy.parent.mkdir()
+    shutil.copy(world.warehouse, copy)
+    params = {
+        "warehouse": str(copy),
+        "archive_root": str(world.archive.root),
+        "notification_root": str(world.log.root),
+        "exception": "CB0002S1",
+        "export_dir": str(tmp_path / "export"),
+        "resolve": ["CB0002S1"],
+        "resolution": "explained",
+        "note": note,
+        "actor": "li.wei",
+    }
+    report = "{'previewed': list(preview.frame['单号 key']), 'resolved': resolved.count if resolved else None}"
+    previewed, text = run("02_exception_drilldown", params, report, tmp_path)
+    assert previewed == {"previewed": ["CB0002S1"], "resolved": None}  # a preview writes nothing
+    assert "nothing was written" in text
+    (target,) = marts(world, "select exception_id from recon.exceptions where item_key = 'CB0002S1'")[0]
+    assert comparable(copy, target)[1] == []
+    confirmed, text = run("02_exception_drilldown", {**params, "confirm": True}, report, tmp_path)
+    assert confirmed == {"previewed": ["CB0002S1"], "resolved": 1}
+    assert note in text
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    config = cli_config(tmp_path / "cli", world.warehouse)
+    done = CliRunner().invoke(
+        app, ["exceptions", "resolve", target, "--kind", "explained", "--note", note, "--by", "li.wei",
+              "--config", config],
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert comparable(copy, target) == comparable(tmp_path / "cli" / "var" / "warehouse.duckdb", target)
+    assert comparable(copy, target)[0][0][:4] == ("amount_mismatch", "resolved", "resolved", "explained")

@@ -37,7 +37,7 @@ SUMS = (
 # and migrations other work adds to sql/ (and the tables they need) do not decide these tests;
 # test_connect_... applies the whole real folder.
 OWN_SQL = {
-    "migrations": ["001_raw_bills.sql"],
+    "migrations": ["001_raw_bills.sql", "131_manual_bills.sql"],  # 131: the lineage every load records
     "staging": ["stg_fundflow.sql", "stg_trade_bill_rows.sql", "stg_trade_payments.sql", "stg_trade_refunds.sql"],
     "checks": [
         "bill_rows_match_loads.sql",

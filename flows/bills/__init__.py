@@ -4,7 +4,8 @@ The story in modules: ``fetcher`` applies for a bill and downloads it (verified)
 ``archive``, or loads it while it downloads; ``loader`` is the streamed load (the bill cut into
 ``parts`` that DuckDB reads while the rest arrives); ``exactpath`` is the load that names file,
 line and field of anything that is not a clean bill; ``lineage`` is what both loads write alike
-(the day replaced in one transaction, the summary checked, ``raw.bill_loads``); ``debris`` removes
+(the day replaced in one transaction, the summary checked, ``raw.bill_loads``); ``manual`` loads a bill
+downloaded by hand from the merchant portal (the same checks, lineage ``manual``); ``debris`` removes
 what a crashed load left (staging parts, archive temporary files) at the next start.
 """
 
@@ -23,6 +24,7 @@ from flows.bills.fetcher import (
 )
 from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import PART_LINES, load_bill, load_bill_stream
+from flows.bills.manual import ManualBillError, ManualLoad, load_manual_bill
 
 __all__ = [
     "DEBRIS_MIN_AGE",
@@ -34,11 +36,14 @@ __all__ = [
     "Fetched",
     "IngestResult",
     "LoadResult",
+    "ManualBillError",
+    "ManualLoad",
     "fetch_to_archive",
     "ingest_bill",
     "load_archived",
     "load_bill",
     "load_bill_stream",
+    "load_manual_bill",
     "record_bill_fetch",
     "remove_debris",
     "settled_merchants",

@@ -26,6 +26,7 @@ import duckdb
 from flows.bills.archive import ArchivedBill, BillArchive, raise_storage_fault
 from flows.bills.lineage import PARSER_VERSION, LoadResult
 from flows.bills.loader import load_bill, load_bill_stream
+from flows.bills.manual import manual_sha1, settle_manual
 from flows.warehouse import LOAD_MEMORY_LIMIT
 from wxpay.bills import (
     DEFAULT_URL_LIFETIME,
@@ -178,6 +179,7 @@ def load_archived(
         )
         return IngestResult(fetched.mchid, fetched.bill_type, fetched.bill_date, "no_statement")
     bill = fetched.archived
+    manual = manual_sha1(con, fetched.mchid, fetched.bill_type, fetched.bill_date)
     result = load_bill(
         con,
         bill.path,
@@ -190,6 +192,7 @@ def load_archived(
         memory_limit=memory_limit,
     )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
+    settle_manual(con, manual, fetched.mchid, fetched.bill_type, fetched.bill_date, bill.sha1)
     record_bill_fetch(
         con, fetched.mchid, fetched.bill_type, fetched.bill_date, "loaded", archive_sha1=bill.sha1, run_id=run_id
     )
@@ -235,6 +238,7 @@ def ingest_bill(
     except NoStatementError:
         return load_archived(con, archive, Fetched(mchid, label, day, None), **loading)
     bill = archive.target(mchid, label, day, application.hash_value, gzip=request.gzip)
+    manual = manual_sha1(con, mchid, label, day)
     if bill.path.exists():
         return load_archived(
             con, archive, Fetched(mchid, label, day, bill, False, 1), memory_limit=memory_limit, run_id=run_id
@@ -280,5 +284,6 @@ def ingest_bill(
                 downloaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
     archive.record(bill, parser_version=PARSER_VERSION, loaded_rows=result.row_count)
+    settle_manual(con, manual, mchid, label, day, bill.sha1)
     record_bill_fetch(con, mchid, label, day, "loaded", archive_sha1=bill.sha1, run_id=run_id)
     return IngestResult(mchid, label, day, "loaded", bill, result, True, 1)

@@ -178,8 +178,8 @@ def record_load(
     _insert_summary(con, load.summary_table, [*load.lineage, row_count + 2], summary)
     con.execute(
         "insert into raw.bill_loads (mchid, bill_type, bill_date, archive_sha1, source_label,"
-        " parser_version, row_count, header_titles, extra_columns, absent_columns, extra_summary_columns)"
-        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " parser_version, row_count, header_titles, extra_columns, absent_columns, extra_summary_columns, lineage)"
+        " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'api')",
         [*load.lineage, load.source_label, PARSER_VERSION, row_count, list(header.titles),
          list(header.extra_columns), list(header.absent_columns), list(summary.extra)],
     )  # fmt: skip

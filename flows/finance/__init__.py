@@ -16,6 +16,8 @@ The notebooks in ``notebooks/`` read the warehouse only through this package (``
   notification-log line (``flows/notifications/log.py``); the verification result comes from the marts, never
   from decrypting (notebooks do not hold the APIv3 key).
 * :func:`explain` says what each exception class means, in Chinese and English (``explanations.py``).
+* :class:`Workbench` (``actions.py``) resolves, assigns and reopens exceptions: a preview of what will change,
+  then a confirmation that writes it in one short transaction (the same code as ``wxrecon exceptions``).
 * Everything raised is a :class:`FinanceError` (``errors.py``).
 
 Relative paths (the defaults ``var/warehouse.duckdb``, ``var/archive``, ``var/notifications``,
@@ -24,8 +26,10 @@ Relative paths (the defaults ``var/warehouse.duckdb``, ``var/archive``, ``var/no
 
 from __future__ import annotations
 
+from flows.finance.actions import RESOLUTIONS, Preview, Workbench
 from flows.finance.charts import save_chart, use_cjk_font, yuan_axis
 from flows.finance.errors import (
+    ActionRefused,
     EvidenceNotFound,
     FinanceError,
     MartNotAllowed,
@@ -61,6 +65,8 @@ __all__ = [
     "EXPLANATIONS",
     "MARTS",
     "PROJECT_ROOT",
+    "RESOLUTIONS",
+    "ActionRefused",
     "BillLine",
     "EvidenceNotFound",
     "Explanation",
@@ -68,9 +74,11 @@ __all__ = [
     "MartNotAllowed",
     "MartNotBuilt",
     "NotificationLine",
+    "Preview",
     "Warehouse",
     "WarehouseBusy",
     "WarehouseMissing",
+    "Workbench",
     "class_label",
     "explain",
     "fmt_fee",

@@ -7,12 +7,21 @@
     ├── WarehouseMissing     no warehouse file at the given path
     ├── MartNotAllowed       (also a ValueError) not a documented mart, column or class
     ├── MartNotBuilt         a documented mart this warehouse has not built yet
-    └── EvidenceNotFound     an archive file or log line not where the warehouse says
+    ├── EvidenceNotFound     an archive file or log line not where the warehouse says
+    └── ActionRefused        (also a ValueError) a workbench action refused: nothing was written
 """
 
 from __future__ import annotations
 
-__all__ = ["EvidenceNotFound", "FinanceError", "MartNotAllowed", "MartNotBuilt", "WarehouseBusy", "WarehouseMissing"]
+__all__ = [
+    "ActionRefused",
+    "EvidenceNotFound",
+    "FinanceError",
+    "MartNotAllowed",
+    "MartNotBuilt",
+    "WarehouseBusy",
+    "WarehouseMissing",
+]
 
 
 class FinanceError(Exception):
@@ -40,3 +49,7 @@ class MartNotBuilt(FinanceError):
 
 class EvidenceNotFound(FinanceError):
     """An archive file or log line that is not where the warehouse says it is."""
+
+
+class ActionRefused(FinanceError, ValueError):
+    """A workbench action refused (unknown or resolved id, unknown kind, note too long, filter too wide)."""

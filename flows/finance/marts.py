@@ -45,6 +45,8 @@ MARTS: dict[str, tuple[str, str | None, str | None]] = {
     "mart_control_totals": ("bill_date", "mchid", None),
     "mart_exceptions": ("recon_date", "mchid", "class"),
     "mart_exception_changes": ("recon_date", "mchid", "coalesce(to_class, from_class)"),
+    "mart_exception_audit": ("recon_date", "mchid", "class"),
+    "mart_exception_backlog": ("as_of_date", "mchid", "class"),
     "mart_runs": ("as_of_date", None, None),
     "mart_fund_flow_daily": ("bill_date", "mchid", None),
     "mart_notifications": ("received_date", "mchid", None),

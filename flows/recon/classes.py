@@ -24,3 +24,6 @@ CLASSES = (
     "refund_missing_in_bill",
 )
 """Every class an item can have; everything but ``matched`` is an exception (``pending`` is a waiting one)."""
+
+QUERYABLE = ("missing_in_bill", "pending", "status_mismatch", "combine_partial", "notification_missing")
+"""The classes where WeChat Pay's view of the combine order decides the truth: 补单 asks it (flows.recon.query)."""

@@ -135,6 +135,7 @@ def reconcile(con: duckdb.DuckDBPyConnection, params: ReconParams, *, sql_dir: P
 
 EXCEPTION_STEPS = (
     "events_changed.sql",
+    "actions_reopened.sql",
     "events_resolved.sql",
     "exceptions_resolved.sql",
     "exceptions_upserted.sql",

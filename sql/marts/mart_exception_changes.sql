@@ -38,6 +38,7 @@ runs as (
 )
 
 select
+    events.exception_id,
     events.run_id,
     runs.as_of_date,
     runs.is_latest,

@@ -3,7 +3,8 @@
 -- Matched items are counted in mart_daily_summary. exposure_fen is the money at stake (sql/recon/items.sql
 -- says how each class counts it). bill_archive_path is where the load recorded the bill it read (its path in
 -- the archive: raw.bill_loads.source_label), so an item of a day loaded from the SUCCESS + REFUND bills
--- points at the right file.
+-- points at the right file. exception_id and work_state (open | assigned | resolved) join the item to its
+-- exception in mart_exceptions: an item finance resolved by hand is still an item of its day, but resolved.
 with
 
 items as (
@@ -46,6 +47,17 @@ loads as (
         archive_sha1,
         nullif(source_label, '') as archive_path
     from raw.bill_loads
+),
+
+exceptions as (
+    select
+        exception_id,
+        case
+            when state = 'resolved' then 'resolved'
+            when assignee is not null then 'assigned'
+            else 'open'
+        end as work_state
+    from recon.exceptions
 )
 
 select
@@ -77,8 +89,12 @@ select
     items.notification_line_no,
     items.local_key,
     items.detail,
-    items.run_id
+    items.run_id,
+    md5(items.item_kind || '|' || items.mchid || '|' || items.item_key) as exception_id,
+    coalesce(exceptions.work_state, 'open') as work_state
 from items
 left join loads
     on items.bill_date = loads.bill_date
     and items.bill_archive_sha1 = loads.archive_sha1
+left join exceptions
+    on md5(items.item_kind || '|' || items.mchid || '|' || items.item_key) = exceptions.exception_id
