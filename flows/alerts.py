@@ -32,6 +32,7 @@ import duckdb
 from flows.money import fmt_yuan
 from flows.outcome import ADVICE, SEVERITY, Kind, Problem
 from flows.settings import AlertConfig
+from flows.warehouse import current_snapshot, is_lake
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class DayReport:
     pending: int = 0
     reopened: int = 0  # of the exceptions counted, how many this run reopened
     backlog: Backlog = field(default_factory=Backlog)
+    snapshot: int | None = None  # the DuckLake snapshot read (what this alert saw); None on a DuckDB file
 
     @property
     def exceptions(self) -> int:
@@ -141,6 +143,8 @@ def day_report(con: duckdb.DuckDBPyConnection, as_of: date, merchants: Iterable[
             {**args, "top": top},
         ).fetchall()
     ]
+    if is_lake(con):
+        report.snapshot = current_snapshot(con)
     return report
 
 
@@ -214,6 +218,11 @@ def compose(report: DayReport, config: AlertConfig, *, problems: Sequence[Proble
             lines.append(f"- {item.mchid} {item.key} {item.cls}: {', '.join(amounts) or 'no amount'}{diff}")
     lines.append("")
     lines.append(f"Details: {config.notebook_hint}")
+    if report.snapshot is not None:
+        lines.append(
+            f"What this alert saw: DuckLake snapshot {report.snapshot}"
+            f" (wxrecon report --date {report.as_of} --as-of {report.snapshot})."
+        )
     return Alert(title, "\n".join(lines), tuple(reasons), severity)
 
 

@@ -162,6 +162,12 @@ def _print_outcome(outcome) -> None:
         console.print(f"  no trades: {', '.join(outcome.empty)}", highlight=False)
     if outcome.removed:
         console.print(f"  removed {len(outcome.removed)} file(s) a crashed run had left", highlight=False)
+    if outcome.snapshot is not None:
+        console.print(
+            f"  DuckLake snapshot {outcome.snapshot}:"
+            f" wxrecon report --date {outcome.bill_date} --as-of {outcome.snapshot}",
+            highlight=False,
+        )
     if outcome.opened or outcome.closed:
         console.print(f"since the previous run: {len(outcome.opened)} opened, {len(outcome.closed)} closed")
         for item in outcome.opened[:10]:
@@ -295,20 +301,38 @@ def backfill(
 @_handled
 def report(
     day: Annotated[str | None, typer.Option("--date", help="bill day YYYY-MM-DD (default: yesterday, Beijing)")] = None,
+    as_of: Annotated[
+        int | None, typer.Option("--as-of", help="DuckLake snapshot id to read (what an alert saw); a lake only")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Print a reconciled day's summary, control totals and exceptions (read-only)."""
     settings = _settings(config)
+    import duckdb
+
     from flows.clock import yesterday
     from flows.report import control_totals, exceptions_of_day, summary_of_day
 
     bill_date = _date(day) if day else yesterday()
+    if as_of is not None and settings.warehouse_backend != "ducklake":
+        console.print(
+            f"--as-of reads a DuckLake snapshot; this warehouse is a DuckDB file ({settings.warehouse_path}),"
+            " which keeps no history",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
     wait = settings.warehouse_wait_seconds
-    summary = summary_of_day(settings.warehouse_path, bill_date, wait=wait)
+    target = settings.warehouse_target
+    where = f"snapshot {as_of} of the DuckLake" if as_of is not None else str(target)
+    try:
+        summary = summary_of_day(target, bill_date, wait=wait, snapshot=as_of)
+    except duckdb.CatalogException:
+        if as_of is None:
+            raise
+        summary = []  # a snapshot from before the warehouse had its marts
     if not summary:
         console.print(
-            f"{bill_date} has not been reconciled (no items in {settings.warehouse_path}):"
-            f" wxrecon run --date {bill_date}",
+            f"{bill_date} has not been reconciled (no items in {where}): wxrecon run --date {bill_date}",
             highlight=False,
         )
         raise typer.Exit(EXIT_USAGE)
@@ -331,7 +355,7 @@ def report(
     totals = Table(title="Control totals (the bill's summary line vs its rows vs your records)")
     for column in ("merchant", "rows", "summary", "detail", "local paid", "bill-local"):
         totals.add_column(column, justify="left" if column == "merchant" else "right", no_wrap=column == "merchant")
-    for row in control_totals(settings.warehouse_path, bill_date, wait=wait):
+    for row in control_totals(target, bill_date, wait=wait, snapshot=as_of):
         totals.add_row(
             row["mchid"],
             f"{row['summary_rows']}/{row['detail_rows']}",
@@ -341,9 +365,7 @@ def report(
             fmt_yuan(row["bill_minus_local_fen"], empty="-"),
         )
     console.print(totals)
-    exceptions = [
-        r for r in exceptions_of_day(settings.warehouse_path, bill_date, wait=wait) if r["state"] != "pending"
-    ]
+    exceptions = [r for r in exceptions_of_day(target, bill_date, wait=wait, snapshot=as_of) if r["state"] != "pending"]
     if exceptions:
         _print_exceptions(exceptions, "Exceptions (most at stake first)")
     unresolved = [r for r in exceptions if r.get("work_state") != "resolved"]

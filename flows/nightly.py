@@ -399,6 +399,7 @@ def reconcile_day(bill_date: date | None = None, config: str | None = None, refe
     outcome.run_id = result.run_id
     outcome.classes = result.classes()
     outcome.exceptions, outcome.pending, outcome.exposure_fen = report.exceptions, report.pending, report.exposure_fen
+    outcome.snapshot = report.snapshot
     outcome.opened = [f"{c.to_class} {c.item_key}" for c in result.changes if c.event in ("opened", "reopened")]
     outcome.closed = [f"{c.from_class} {c.item_key}" for c in result.changes if c.event == "resolved"]
     _step("alert")

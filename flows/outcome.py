@@ -149,6 +149,7 @@ class DayOutcome:
     opened: list[str] = field(default_factory=list)  # exceptions this run opened (or reopened), "class key"
     closed: list[str] = field(default_factory=list)  # exceptions this run resolved, "class key"
     removed: list[str] = field(default_factory=list)  # files a crashed run had left, removed at this start
+    snapshot: int | None = None  # on a DuckLake, the snapshot the alert and report read (wxrecon report --as-of)
     alert: object | None = None  # flows.alerts.Alert
     alert_sent: bool = False
 

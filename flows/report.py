@@ -1,4 +1,7 @@
-"""What the command line prints about a reconciled day, read from the marts (read-only)."""
+"""What the command line prints about a reconciled day, read from the marts (read-only).
+
+``warehouse`` is the settings' target (a DuckDB file or a :class:`~flows.warehouse.Lake`); ``snapshot``
+reads a DuckLake as it was at that snapshot (what an alert saw), never waiting for a writer."""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flows.warehouse import open_warehouse
+from flows.warehouse import Lake, open_warehouse
 
 
-def _rows(warehouse: Path, sql: str, args: list[Any], wait: float = 30.0) -> list[dict[str, Any]]:
-    con = open_warehouse(warehouse, read_only=True, wait=wait)
+def _rows(
+    warehouse: Path | Lake, sql: str, args: list[Any], wait: float = 30.0, snapshot: int | None = None
+) -> list[dict[str, Any]]:
+    con = open_warehouse(warehouse, read_only=True, wait=wait, snapshot=snapshot)
     try:
         cursor = con.execute(sql, args)
         names = [d[0] for d in cursor.description]
@@ -19,7 +24,9 @@ def _rows(warehouse: Path, sql: str, args: list[Any], wait: float = 30.0) -> lis
         con.close()
 
 
-def exceptions_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
+def exceptions_of_day(
+    warehouse: Path | Lake, day: date, *, wait: float = 30.0, snapshot: int | None = None
+) -> list[dict[str, Any]]:
     """The day's exception items (pending ones included), most money at stake first; ``work_state`` says which
     finance resolved by hand (``resolved``)."""
     return _rows(
@@ -31,10 +38,13 @@ def exceptions_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list
         " order by exposure_fen desc, mchid, item_key",
         [day],
         wait,
+        snapshot,
     )
 
 
-def summary_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
+def summary_of_day(
+    warehouse: Path | Lake, day: date, *, wait: float = 30.0, snapshot: int | None = None
+) -> list[dict[str, Any]]:
     """Per merchant and class: items and fen sums (matched included)."""
     return _rows(
         warehouse,
@@ -42,10 +52,13 @@ def summary_of_day(warehouse: Path, day: date, *, wait: float = 30.0) -> list[di
         " from marts.mart_daily_summary where recon_date = ? order by mchid, item_kind, class",
         [day],
         wait,
+        snapshot,
     )
 
 
-def control_totals(warehouse: Path, day: date, *, wait: float = 30.0) -> list[dict[str, Any]]:
+def control_totals(
+    warehouse: Path | Lake, day: date, *, wait: float = 30.0, snapshot: int | None = None
+) -> list[dict[str, Any]]:
     return _rows(
         warehouse,
         "select mchid, summary_rows, detail_rows, summary_order_fen, detail_order_fen, local_paid_fen,"
@@ -53,4 +66,5 @@ def control_totals(warehouse: Path, day: date, *, wait: float = 30.0) -> list[di
         " order by mchid",
         [day],
         wait,
+        snapshot,
     )

@@ -11,7 +11,10 @@ from datetime import timedelta
 
 import pytest
 
+from flows.alerts import compose, day_report
+from flows.finance import Warehouse
 from flows.recon import ReconParams, reconcile
+from flows.settings import AlertConfig
 from flows.sources import import_local
 from flows.warehouse import connect, current_snapshot, is_lake, open_warehouse
 from tests import recon_scenario
@@ -37,6 +40,15 @@ def reconciled(target, scenario) -> tuple[set, list, list]:
             [result.run_id],
         ).fetchall()
         summary = con.execute(SUMMARY).fetchall()
+        if is_lake(con):  # the notebooks' helper reads a lake too, at its last commit or at a snapshot
+            assert len(Warehouse(target).mart("mart_daily_summary")) == len(summary)
+            at = Warehouse(target, snapshot=current_snapshot(con)).mart("mart_daily_summary")
+            assert sorted(at["class"]) == sorted(row[3] for row in summary)
+        # the alert names the snapshot it read, so finance can see later what it saw (report --as-of)
+        report = day_report(con, D, MERCHANTS)
+        assert report.snapshot == (current_snapshot(con) if is_lake(con) else None)
+        alert = compose(report, AlertConfig(max_count=0))
+        assert (f"--as-of {report.snapshot}" in alert.body) == is_lake(con)
         evidence = con.execute(
             "select item_key, bill_type, bill_archive_path, bill_line_no from marts.mart_recon_items"
             " where bill_archive_sha1 is not null order by all"

@@ -33,6 +33,7 @@ from flows.finance.errors import (
 from flows.finance.masking import mask_frame
 from flows.finance.paths import DEFAULT_WAREHOUSE, project_path
 from flows.recon import CLASSES
+from flows.warehouse import Lake, connect
 
 __all__ = ["MARTS", "Warehouse"]
 
@@ -69,18 +70,25 @@ class Warehouse:
     """The warehouse file, opened read-only for each call and closed before it returns.
 
     ``busy_retries`` × ``busy_wait`` seconds is how long a call waits for the nightly run's write
-    lock before it raises :class:`WarehouseBusy`.
+    lock before it raises :class:`WarehouseBusy`. ``path`` may also be a DuckLake
+    (``Settings.warehouse_target``): it is read at its last committed snapshot, or at ``snapshot`` (what an
+    alert saw), never waiting for the night's writers.
     """
 
-    path: str | Path = DEFAULT_WAREHOUSE
+    path: str | Path | Lake = DEFAULT_WAREHOUSE
     busy_retries: int = 6
     busy_wait: float = 0.5
+    snapshot: int | None = None
 
     @property
     def file(self) -> Path:
+        if isinstance(self.path, Lake):
+            raise TypeError("a DuckLake warehouse has no file")
         return project_path(self.path)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        if isinstance(self.path, Lake):
+            return connect(self.path, read_only=True, snapshot=self.snapshot, threads=2)
         if not self.file.is_file():
             raise WarehouseMissing(f"no warehouse at {self.file}: run the nightly reconciliation (or the demo) first")
         for attempt in range(self.busy_retries + 1):
