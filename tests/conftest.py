@@ -49,7 +49,7 @@ def _lake_environment() -> bool:
 
 
 LAKE = _lake_environment()
-LAKE_MODULES = ("test_lake.py",)
+LAKE_MODULES = ("test_lake.py", "test_workers.py")
 """Modules that need DuckLake: they run in the DuckLake environment, which runs nothing else (./scripts/test
 runs the suite in both environments; a test never skips for a missing extension)."""
 
