@@ -325,7 +325,8 @@ def run_config(name: str, n: int, data: Path, workdir: Path, pythons: dict[str, 
                 [
                     'warehouse_backend = "ducklake"',
                     'bills_deployment = "load-bills/bills-worker"',
-                    f"bills_batch_size = {max(1, -(-n // (4 * int(name[-1]))))}",
+                    # one unit per worker: a flow run costs seconds to start
+                    f"bills_batch_size = {max(1, -(-n // int(name[-1])))}",
                     "[ducklake]",
                     f'catalog = "postgres:dbname={db.dbname} host={db.host} port={db.port} user={db.user}"',
                     f'data_path = "{folder / "lake"}/"',
@@ -335,6 +336,7 @@ def run_config(name: str, n: int, data: Path, workdir: Path, pythons: dict[str, 
         env["WXRECON_CONFIG"] = str(config)
         if name != "file":
             prefect = str(Path(python).with_name("prefect"))
+            env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # a worker looks for work every 2 s (default 10)
             for _ in range(int(name[-1])):
                 log = (folder / f"worker{len(workers)}.log").open("wb")
                 workers.append(
