@@ -19,7 +19,8 @@ Prefect tries it again later (the merchants it loaded are then skipped), until e
 
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -265,3 +266,52 @@ def outcomes_of(
 
 def batches(mchids: Sequence[str], size: int) -> list[list[str]]:
     return [list(mchids[i : i + size]) for i in range(0, len(mchids), size)]
+
+
+def run_on_workers(
+    settings: Settings, units: list[list[str]], bill_date: date, run_id: str, refetch: bool, poll: float = 2.0
+) -> Iterator[list[str]]:
+    """Each unit a flow run of ``bills_deployment`` on the work pool's workers, all at once; yield each unit
+    as its flow run ends. A unit still Running after ``bill_ready_deadline`` (its bills' wait) plus
+    ``bills_unit_timeout`` (its work) has lost its worker or hangs: its flow run is marked Crashed and
+    given up, its merchants — nothing recorded for them — are reported as failed, and a re-run loads them.
+    (Prefect's own zombie detection, flow-run heartbeats and an automation, can mark it Crashed sooner.)"""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    logger = get_run_logger()
+    limit = settings.bill_ready_deadline.total_seconds() + settings.bills_unit_timeout
+    started = {}
+    for batch in units:
+        parameters = {"bill_date": bill_date.isoformat(), "mchids": batch, "run_id": run_id, "refetch": refetch}
+        started[run_deployment(settings.bills_deployment, parameters=parameters, timeout=0).id] = batch
+    running_since: dict = {}  # flow run id -> (its Running state's id, when this process first saw it)
+    pending = dict(started)
+    with get_client(sync_client=True) as client:
+        while pending:
+            for flow_run_id, batch in list(pending.items()):
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.is_final():
+                    if not state.is_completed():
+                        logger.error("unit of %d merchants ended %s: %s", len(batch), state.name, state.message)
+                    del pending[flow_run_id]
+                    yield batch
+                    continue
+                if state is None or not state.is_running():
+                    running_since.pop(flow_run_id, None)
+                    continue
+                seen = running_since.get(flow_run_id)
+                if seen is None or seen[0] != state.id:
+                    running_since[flow_run_id] = seen = (state.id, time.monotonic())
+                if time.monotonic() - seen[1] > limit:
+                    message = (
+                        f"still running after {limit:.0f} s (bill_ready_deadline + bills_unit_timeout):"
+                        " its worker died or hangs; the nightly gave up on it"
+                    )
+                    client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+                    logger.error("unit of %d merchants (flow run %s): %s", len(batch), flow_run_id, message)
+                    del pending[flow_run_id]
+                    yield batch
+            if pending:
+                time.sleep(poll)

@@ -31,7 +31,6 @@ Every step is a plain function elsewhere; the tasks here only wire them. Callers
 these annotations when a worker loads the flow in a fresh process.)
 """
 
-import concurrent.futures
 import sys
 import uuid
 from collections.abc import Callable
@@ -48,7 +47,15 @@ from flows.alerts import Alert, AlertNotDelivered, DayReport, backlog_line, comp
 from flows.bills import remove_debris, settled_merchants
 from flows.clock import Clock, beijing_date
 from flows.context import run_clock, settings_for, using
-from flows.fanout import TRADE_BILL, batches, bills_task, not_ready_delays, outcomes_of, retry_delays
+from flows.fanout import (
+    TRADE_BILL,
+    batches,
+    bills_task,
+    not_ready_delays,
+    outcomes_of,
+    retry_delays,
+    run_on_workers,
+)
 from flows.money import fmt_yuan
 from flows.notifications import MerchantKeys, NotificationLog, verify_log
 from flows.outcome import ADVICE, DayOutcome, Kind, Problem
@@ -303,7 +310,9 @@ def _fetch_and_load(
     _progress("merchants", done, total)
     units = batches(todo, settings.bills_batch_size)
     if settings.bills_deployment and units:
-        done = _remote_units(settings, units, bill_date, run_id, refetch, done, total)
+        for batch in run_on_workers(settings, units, bill_date, run_id, refetch):
+            done += len(batch)
+            _progress("merchants", done, total)
     elif units:
         delays = retry_delays(settings)
         unit = bills_task.with_options(retries=len(delays), retry_delay_seconds=delays)
@@ -334,31 +343,6 @@ def _fetch_and_load(
         len(units),
         f" on {settings.bills_deployment}" if settings.bills_deployment else "",
     )
-
-
-def _remote_units(settings: Settings, units, bill_date: date, run_id: str, refetch: bool, done: int, total: int) -> int:
-    """Each unit a flow run of ``bills_deployment`` on the work pool's workers, all at once; wait for them all."""
-    from prefect.deployments import run_deployment
-
-    logger = get_run_logger()
-
-    def run(batch: list[str]):
-        parameters = {"bill_date": bill_date.isoformat(), "mchids": batch, "run_id": run_id, "refetch": refetch}
-        return run_deployment(settings.bills_deployment, parameters=parameters, timeout=None)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(units), 32)) as pool:
-        futures = {pool.submit(run, batch): batch for batch in units}
-        for future in concurrent.futures.as_completed(futures):
-            batch = futures[future]
-            try:
-                flow_run = future.result()
-                if not flow_run.state.is_completed():
-                    logger.error("unit of %d merchants ended %s", len(batch), flow_run.state.name)
-            except Exception as exc:  # the merchants' outcomes are read back from the warehouse
-                logger.error("unit of %d merchants could not run: %s: %s", len(batch), type(exc).__name__, exc)
-            done += len(batch)
-            _progress("merchants", done, total)
-    return done
 
 
 @flow(name="reconcile-day", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)

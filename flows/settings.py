@@ -299,6 +299,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=2, ge=1, le=16)  # units of merchants loading at once in the nightly's process
     bills_batch_size: int = Field(default=50, ge=1, le=10_000)  # merchants per unit (one Prefect task or flow run)
     bills_deployment: str | None = None  # "load-bills/bills-worker": units run on a work pool's workers (DuckLake)
+    bills_unit_timeout: float = Field(default=3600.0, gt=0)  # s a unit may work on a worker (beyond its bills' wait)
     # the exception workbench (README "The exception workbench")
     action_wait_seconds: float = Field(default=30.0, ge=0)  # how long an action waits for a busy warehouse (then 5)
     action_threshold: int = Field(default=50, ge=1)  # a bulk action selecting more exceptions is refused

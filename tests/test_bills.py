@@ -4,8 +4,10 @@ against the simulator's bill desk (httpx.MockTransport)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import hashlib
+import threading
 from datetime import date, datetime, timedelta
 
 import httpx
@@ -157,6 +159,31 @@ def test_slow_first_byte_past_the_lifetime(day_of_trades, tmp_path):
     with participant_client(sim) as c:
         bill = fetch_bill(c, BillRequest.trade(DAY), tmp_path / "b.gz", url_lifetime=0.5 + 1.0)
     assert bill.attempts == 2
+
+
+def test_a_stalled_download_hangs_mid_file_until_released(day_of_trades, tmp_path):
+    """The simulator's ``stall`` fault (for killing a downloader mid-bill): half the file, then nothing."""
+    sim = day_of_trades
+    sim.clock.set(datetime(2026, 11, 27, 10, tzinfo=BEIJING))
+    sim.faults.add("download", "stall", mchid=PARTICIPANTS[0])  # this merchant's next download only
+    with participant_client(sim, PARTICIPANTS[1]) as c:
+        assert fetch_bill(c, BillRequest.trade(DAY), tmp_path / "other.gz").attempts == 1
+    with participant_client(sim) as c, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fetch_bill, c, BillRequest.trade(DAY), tmp_path / "b.gz")
+        for _ in range(500):
+            if sim.faults.summary()["stalled"] == 1 or pending.done():
+                break
+            threading.Event().wait(0.01)
+        assert sim.faults.summary() == {
+            "queued": {"response": [], "notify": [], "download": []},
+            "targeted": {},
+            "stalled": 1,
+        }
+        assert not pending.done()
+        sim.faults.clear()
+        bill = pending.result(timeout=30)
+    assert bill.attempts == 1  # the rest of the file came, and its SHA1 was verified
+    assert sim.faults.summary()["stalled"] == 0
 
 
 def test_retries_are_bounded(day_of_trades, tmp_path):

@@ -10,6 +10,7 @@ Every process runs on the real clock, so the day is the real yesterday (Beijing)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,13 +18,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
-from flows.warehouse import Lake, connect
+from flows.warehouse import Lake, connect, open_warehouse
 from tests.prefectserver import REPO, PrefectServer
 from tests.test_deployments import real_beijing_now, stop, wait_for
 
@@ -47,7 +49,25 @@ class Night:
     day: date
     lake: Lake
     folder: Path
-    workers: list[Path]  # their logs
+    workers: list[Path] = field(default_factory=list)  # their logs
+    processes: list[subprocess.Popen] = field(default_factory=list)  # the workers, in the order started
+
+    def start_worker(self) -> subprocess.Popen:
+        """A ``prefect worker start`` on the pool, one flow run at a time, logging to a file of its own."""
+        log_path = self.folder / f"worker{len(self.workers)}.log"
+        with log_path.open("w") as log:
+            worker = subprocess.Popen(
+                [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", "wxrecon-local",
+                 "--limit", "1"],
+                cwd=REPO, env=self.lake_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.workers.append(log_path)
+        self.processes.append(worker)
+        return worker
+
+    @property
+    def simulator(self) -> str:
+        return json.loads((self.config.parent / "simulator.json").read_text())["base_url"]
 
     def lake_env(self, **extra: str) -> dict[str, str]:
         lake = self.lake
@@ -97,8 +117,7 @@ def night(prefect_server, tmp_path_factory, postgres_server, s3_server) -> Itera
          "--merchants", str(MERCHANTS), "--business-day", str(day), "--orders", "80"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    workers: list[subprocess.Popen] = []
-    logs = []
+    result = None
     try:
         wait_for("the simulator", lambda: (state / "wxrecon.toml").is_file() and (state / "simulator.json").is_file())
         db = postgres_server.create_database("workers_lake")
@@ -110,43 +129,95 @@ def night(prefect_server, tmp_path_factory, postgres_server, s3_server) -> Itera
             s3_secret=SECRET,
             s3_use_ssl=False,
         )
-        result = Night(prefect_server, state / "wxrecon.toml", day, lake, folder, [])
+        result = Night(prefect_server, state / "wxrecon.toml", day, lake, folder)
+        open_warehouse(lake).close()  # the lake made (and migrated) before the night, as its first writer would
         created = prefect_server.prefect("work-pool", "create", "wxrecon-local", "--type", "process")
         assert created.returncode == 0, created.stdout + created.stderr
         deployed = prefect_server.prefect("--no-prompt", "deploy", "-n", "bills-worker")
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        for i in range(2):
-            log_path = folder / f"worker{i}.log"
-            log = log_path.open("w")
-            logs.append(log)
-            workers.append(
-                subprocess.Popen(
-                    [
-                        str(Path(sys.executable).with_name("prefect")),
-                        "worker",
-                        "start",
-                        "--pool",
-                        "wxrecon-local",
-                        "--limit",
-                        "1",
-                    ],
-                    cwd=REPO,
-                    env=result.lake_env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            result.workers.append(log_path)
+        result.start_worker()
+        result.start_worker()
         yield result
     finally:
+        workers = result.processes if result is not None else []
         for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
             stop(worker)
-        for log in logs:
-            log.close()
         stop(sim)
+
+
+def loaded_merchants(night: Night) -> dict[str, int]:
+    """The merchants with bill rows of the night's day in the lake, and how many rows each."""
+    return {mchid: count for mchid, count, *_ in rows(night.lake, ROWS, night.day)}
+
+
+def unit_runs(night: Night) -> list[dict]:
+    """The flow runs of the load-bills deployment for the night's day."""
+    runs = night.server.api("POST", "/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 50})
+    return [r for r in runs if r["parameters"].get("bill_date") == str(night.day) and "mchids" in r["parameters"]]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_worker_killed_mid_merchant_leaves_that_merchant_absent_and_a_rerun_completes_it(night):
+    """A merchant's bill download hangs halfway (the simulator's ``stall``) and the worker loading it is killed
+    with kill -9, its flow run with it: that merchant's day is absent (nothing half-written), the merchants
+    loaded before it and the other unit's are committed, the nightly gives the lost unit up (its unloaded
+    merchants failed, exit 10) instead of waiting forever, and a re-run on a replacement worker completes the
+    day without loading anything twice."""
+    from flows.settings import load_settings
+
+    mchids = load_settings(night.config).mchids
+    second_unit = mchids[BATCH : 2 * BATCH]
+    victim = second_unit[3]  # three of its unit's merchants are loaded before it
+    faults = f"{night.simulator}/sim/faults"
+    stall = {"channel": "download", "kind": "stall", "mchid": victim, "times": 3}  # every try of its download
+    assert httpx.post(faults, json=stall, timeout=10).json()["targeted"] == {f"download/{victim}": ["stall"] * 3}
+    given_up_after = {"WXRECON_BILL_READY_DEADLINE_HOURS": "0.001", "WXRECON_BILLS_UNIT_TIMEOUT": "20"}
+    first = subprocess.Popen(
+        [str(Path(sys.executable).with_name("wxrecon")), "run", "--date", str(night.day)],
+        cwd=REPO, env=night.lake_env(**given_up_after), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for("the download hanging", lambda: httpx.get(faults, timeout=10).json()["stalled"] == 1, timeout=180)
+        hanging = next(r for r in unit_runs(night) if victim in r["parameters"]["mchids"])
+        assert hanging["state_type"] == "RUNNING"
+        flow_run_process = int(str(hanging["infrastructure_pid"]).rsplit(":", 1)[-1])  # [host:]pid
+        worker = next(w for w in night.processes if w.pid in (parent_of(flow_run_process), flow_run_process))
+        os.kill(flow_run_process, signal.SIGKILL)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        httpx.post(faults, json={"clear": True}, timeout=10)  # the hanging answer goes to a dead socket
+        output = first.communicate(timeout=240)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 10, output  # failed: merchants with nothing recorded
+    committed = loaded_merchants(night)
+    assert committed.keys() == set(mchids[:BATCH]) | set(second_unit[:3]), output
+    text = " ".join(output.split())
+    for lost in second_unit[3:]:  # the victim, halfway through its download, and those after it
+        assert f"bill of {lost} for {night.day}: nothing was recorded for it" in text, output
+    crashed = night.server.api("GET", f"/flow_runs/{hanging['id']}")
+    assert crashed["state"]["type"] == "CRASHED"
+    assert "the nightly gave up on it" in crashed["state"]["message"]
+
+    night.start_worker()  # a replacement for the dead worker
+    again = wxrecon("run", "--date", str(night.day), env=night.lake_env())
+    assert again.returncode in (0, 1), again.stdout + again.stderr
+    complete = loaded_merchants(night)
+    assert complete.keys() == set(mchids)
+    assert {m: complete[m] for m in committed} == committed
+    loads = rows(
+        night.lake,
+        "select mchid, count(*) from raw.bill_fetch_log where bill_date = ? and outcome = 'loaded' group by all",
+        night.day,
+    )
+    assert dict(loads) == dict.fromkeys(mchids, 1)  # the committed ones were kept, not loaded again
 
 
 def test_a_night_on_two_workers_finds_what_one_process_finds(night):
@@ -174,9 +245,9 @@ def test_a_night_on_two_workers_finds_what_one_process_finds(night):
     on_a_file = wxrecon("report", "--date", str(night.day), "--as-of", "1", env=file_env)
     assert on_a_file.returncode == 2
     assert "keeps no history" in " ".join(on_a_file.stdout.split())
-    # the units ran on both workers, as flow runs of the load-bills deployment
-    for log in night.workers:
-        assert "rows loaded" in log.read_text(), log.read_text()[-3000:]
+    # the units ran on several workers, as flow runs of the load-bills deployment
+    logs = [log.read_text() for log in night.workers]
+    assert sum("rows loaded" in log for log in logs) >= 2, "\n".join(log[-2000:] for log in logs)
 
 
 def test_two_workers_loading_the_same_merchant_day_never_double_it(night):

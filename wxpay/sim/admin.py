@@ -78,9 +78,11 @@ def _faults(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
         sim.faults.error(
             e["path_prefix"], int(e["status"]), e["code"], e.get("message", ""), times=int(e.get("times", 1))
         )
-    else:
-        sim.faults.add(body["channel"], body["kind"], times=int(body.get("times", 1)))
-    return {"ok": True}
+    elif "channel" in body:
+        sim.faults.add(body["channel"], body["kind"], times=int(body.get("times", 1)), mchid=body.get("mchid"))
+    elif body.get("clear"):
+        sim.faults.clear()
+    return {"ok": True, **sim.faults.summary()}
 
 
 def _deliveries(sim: Simulator, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -144,6 +146,7 @@ _CALLS: list[tuple[str, re.Pattern[str], Callable[[Simulator, dict[str, Any]], A
     ("POST", re.compile(r"/sim/refund"), _refund),
     ("GET", re.compile(r"/sim/clock"), _clock),
     ("POST", re.compile(r"/sim/clock"), _clock),
+    ("GET", re.compile(r"/sim/faults"), _faults),
     ("POST", re.compile(r"/sim/faults"), _faults),
     ("GET", re.compile(r"/sim/deliveries"), _deliveries),
     ("POST", re.compile(r"/sim/deliver"), _deliver),

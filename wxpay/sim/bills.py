@@ -285,12 +285,12 @@ class BillDesk:
         return self.sim.respond(request, merchant, 200, {"hash_type": "SHA1", "hash_value": sha1, "download_url": url})
 
     def download(self, request: httpx.Request, merchant: SimMerchant) -> httpx.Response:
-        fault = self.sim.faults.take("download")
+        with self._lock:
+            issued = self._issued.get(request.url.params.get("token", ""))
+        fault = self.sim.faults.take("download", issued.mchid if issued is not None else None)
         lifetime = self.sim.options.download_lifetime
         if fault == "slow":  # the first byte would come after the URL expired
             time.sleep(lifetime + 0.3)
-        with self._lock:
-            issued = self._issued.get(request.url.params.get("token", ""))
         if issued is None or self.sim.wall_clock() - issued.issued_at > lifetime:
             raise SimApiError(400, "INVALID_REQUEST", "请按第一步申请账单的API指引，重新获取账单地址后再请求")
         if issued.mchid != merchant.mchid:
@@ -300,24 +300,35 @@ class BillDesk:
             "Content-Type": "application/x-gzip" if issued.gzip else "text/plain",
         }  # unsigned (spec §2.4)
         if issued.path is not None:
-            return httpx.Response(200, headers=headers, content=_file_chunks(issued.path, fault), request=request)
+            return httpx.Response(200, headers=headers, content=self._file_chunks(issued.path, fault), request=request)
         content = issued.content or b""
         if fault == "corrupt":
             content = content.replace(b"`", b"'", 1) if b"`" in content else content + b" "
         body = gzip.compress(content, compresslevel=6, mtime=0) if issued.gzip else content
         if fault == "truncate":
             body = body[: max(1, len(body) * 3 // 5)]
+        if fault == "stall":
+            return httpx.Response(200, headers=headers, content=self._stalled(body), request=request)
         return httpx.Response(200, headers=headers, content=body, request=request)
 
+    def _stalled(self, body: bytes) -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        self.sim.faults.stall()
+        yield body[len(body) // 2 :]
 
-def _file_chunks(path: Path, fault: str | None, size: int = 1 << 20) -> Iterator[bytes]:
-    total = path.stat().st_size
-    limit = total * 3 // 5 if fault == "truncate" else total
-    sent = 0
-    with path.open("rb") as handle:
-        while sent < limit:
-            chunk = handle.read(min(size, limit - sent))
-            if not chunk:
-                break
-            sent += len(chunk)
-            yield chunk
+    def _file_chunks(self, path: Path, fault: str | None, size: int = 1 << 20) -> Iterator[bytes]:
+        total = path.stat().st_size
+        limit = total * 3 // 5 if fault == "truncate" else total
+        stall_at = total // 2 if fault == "stall" else None
+        sent = 0
+        with path.open("rb") as handle:
+            while sent < limit:
+                if stall_at is not None and sent >= stall_at:
+                    self.sim.faults.stall()
+                    stall_at = None
+                until = limit if stall_at is None else min(limit, stall_at)
+                chunk = handle.read(min(size, until - sent))
+                if not chunk:
+                    break
+                sent += len(chunk)
+                yield chunk
