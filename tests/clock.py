@@ -1,11 +1,11 @@
 """Every test run happens on a day chosen for it, so a time bomb shows up in CI, not a week later.
 
-At start the process clock (``datetime.now``, ``date.today``, ``time.time``; not the monotonic clocks)
-is moved with time-machine to a moment chosen per run: ``WXRECON_TEST_NOW`` (an ISO date or date-time,
-Beijing time when it has no offset) when set, else a random moment within two years either side of the
-real date. It keeps ticking. The moment is printed at the top of the run with the line that reproduces
-it. Subprocesses and servers started by the tests run on the real clock: a test that crosses a process
-boundary passes explicit dates.
+At start the process clock (``datetime.now``, ``date.today``, ``time.time``; not the monotonic clocks) is
+moved with time-machine to a moment chosen per run: ``WXRECON_TEST_NOW`` (an ISO date or date-time, Beijing
+time when it has no offset) when set, else a random moment within two years either side of the real date. It
+keeps ticking. The moment is printed at the top of the run with the line that reproduces it, and exported so
+that the run's pytest-xdist workers share it. Subprocesses and servers started by the tests run on the real
+clock: a test that crosses a process boundary passes explicit dates.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def moment_of_this_run() -> datetime:
 def pytest_configure(config):
     global _traveller, _moment
     _moment = chosen_moment()
+    os.environ.setdefault(ENV, _moment.isoformat())  # pytest-xdist's workers, started after this, share it
     _traveller = time_machine.travel(_moment, tick=True)
     _traveller.start()
 

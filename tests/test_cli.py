@@ -78,6 +78,9 @@ def test_report_of_the_demo_warehouse(tmp_path, monkeypatch):
     never = runner.invoke(app, ["report", "--date", date(2020, 1, 1).isoformat()])
     assert never.exit_code == 2
     assert "has not been reconciled" in never.output
+    as_of = runner.invoke(app, ["report", "--date", result.bill_date.isoformat(), "--as-of", "1"])
+    assert as_of.exit_code == 2  # a snapshot is a DuckLake's; a DuckDB file keeps no history
+    assert "keeps no history" in " ".join(as_of.output.split())
 
 
 # --- from the simulator to a first night: the commands a new user runs, as subprocesses ---------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -388,8 +389,11 @@ def settings_toml(world, tmp_path: Path, warehouse: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_an_open_notebook_does_not_make_wxrecon_run_fail(world, tmp_path):
     """A JupyterLab tab left open, its user clicking around, while the nightly `wxrecon run` writes."""
+    from prefect.settings import PREFECT_API_URL
+
     copy = tmp_path / "warehouse.duckdb"
     shutil.copy(world.warehouse, copy)
     config = settings_toml(world, tmp_path, copy)
@@ -409,7 +413,7 @@ def test_an_open_notebook_does_not_make_wxrecon_run_fail(world, tmp_path):
             "            wh.runs(); reads['ok'] += 1\n"
             "        except finance.WarehouseBusy:\n"
             "            reads['busy'] += 1\n"
-            "        time.sleep(0.05)\n"
+            "        time.sleep(0.2)\n"
             "reader = threading.Thread(target=keep_reading, daemon=True)\n"
             "reader.start()"
         )
@@ -431,6 +435,7 @@ def test_an_open_notebook_does_not_make_wxrecon_run_fail(world, tmp_path):
                 text=True,
                 timeout=300,
                 check=False,
+                env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},  # the session's Prefect server
             )
         finally:
             world.sim.wall_clock = test_clock

@@ -29,7 +29,7 @@ from flows.warehouse import Lake, connect, open_warehouse
 from tests.prefectserver import REPO, PrefectServer
 from tests.test_deployments import real_beijing_now, stop, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # servers, workers, flow runs: slow on 2 busy cores
 MERCHANTS = 20
 BATCH = 10  # two units of ten merchants: one for each worker
 SUMMARY = (
@@ -242,9 +242,6 @@ def test_a_night_on_two_workers_finds_what_one_process_finds(night):
     before_recon = wxrecon("report", "--date", str(night.day), "--as-of", "1", env=night.lake_env())
     assert before_recon.returncode == 2, before_recon.stdout + before_recon.stderr
     assert "has not been reconciled (no items in snapshot 1 of the DuckLake)" in " ".join(before_recon.stdout.split())
-    on_a_file = wxrecon("report", "--date", str(night.day), "--as-of", "1", env=file_env)
-    assert on_a_file.returncode == 2
-    assert "keeps no history" in " ".join(on_a_file.stdout.split())
     # the units ran on several workers, as flow runs of the load-bills deployment
     logs = [log.read_text() for log in night.workers]
     assert sum("rows loaded" in log for log in logs) >= 2, "\n".join(log[-2000:] for log in logs)
