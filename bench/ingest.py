@@ -463,6 +463,7 @@ def work_pandas(spec: dict) -> dict:
 
     import pandas as pd
 
+    from flows.bills.lineage import NOT_STORED
     from flows.warehouse import connect, migrate
 
     fp, db, day = spec["fp"], Path(spec["db"]), date.fromisoformat(spec["fp"]["bill_date"])
@@ -497,6 +498,7 @@ def work_pandas(spec: dict) -> dict:
             else:
                 out[c.name] = s.where(s != "", None)
         out["fee_rate_pct"] = out["fee_rate"].str.rstrip("%")
+        out = out.drop(columns=[name for name in NOT_STORED if name in out])  # parsed, as ours does; not kept
         names = ", ".join(out.columns)
         con.execute("begin transaction")
         con.execute(
@@ -517,6 +519,7 @@ def work_pycsv(spec: dict) -> dict:
 
     import pyarrow as pa
 
+    from flows.bills.lineage import NOT_STORED
     from flows.warehouse import connect, migrate
 
     fp, db, day = spec["fp"], Path(spec["db"]), date.fromisoformat(spec["fp"]["bill_date"])
@@ -566,6 +569,7 @@ def work_pycsv(spec: dict) -> dict:
             arrays[c.name] = pa.array(values, types[c.kind])
         pct = [Decimal(v[:-1]) if v else None for v in columns[[c.kind for c in cols].index("rate")]]
         arrays["fee_rate_pct"] = pa.array(pct, pa.decimal128(7, 4))
+        arrays = {name: array for name, array in arrays.items() if name not in NOT_STORED}  # parsed; not kept
         con.register("bulk", pa.table(arrays))
         names = ", ".join(arrays)
         con.execute("begin transaction")
