@@ -65,6 +65,9 @@ class ReceiverServer:
         )
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # inherited by accepted connections: a response's head and body are written apart, and without it the
+        # body would wait for the sender's delayed ACK of the head (40 ms an answer on Linux)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind((host, port))
         self._socket.listen(limits.backlog)
         self.host, self.port = self._socket.getsockname()[:2]
