@@ -1,9 +1,10 @@
 """A night's per-merchant work, in units: each unit fetches and loads the bills of a batch of merchants.
 
-A unit is one Prefect task over a batch of merchants (``bills_batch_size``), not a task per merchant: a
-small bill then costs milliseconds, spent in the one place that matters (the load), with each process
-keeping its merchants' clients — parsed keys and one HTTP connection pool to WeChat Pay — for as long
-as it lives (:class:`ClientCache`). Units run
+A unit is one Prefect task over a batch of merchants (``bills_batch_size``), not a task per merchant, and a
+small bill costs milliseconds: each process keeps its merchants' clients — parsed keys and one HTTP
+connection pool to WeChat Pay — for as long as it lives (:class:`ClientCache`), and a unit fetches its
+merchants' bills into the archive and loads the small ones together, up to ``bills_per_transaction`` in one
+transaction (:func:`flows.bills.load_fetched`: each merchant-day in it whole or absent). Units run
 
 * in the nightly's own process, several at a time (``concurrency``), the default; or
 * as flow runs of the ``load-bills`` deployment (:func:`load_bills`, ``bills_deployment`` names it) on the
@@ -20,16 +21,31 @@ Prefect tries it again later (the merchants it loaded are then skipped), until e
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
+from typing import Any, NoReturn
 
 import duckdb
 import httpx
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.bills import BillArchive, ingest_bill, record_bill_fetch, remove_debris, settled_merchants
+from flows.bills import (
+    BatchRefused,
+    BillArchive,
+    Fetched,
+    IngestResult,
+    batchable,
+    fetch_to_archive,
+    ingest_bill,
+    load_archived,
+    load_fetched,
+    record_bill_fetch,
+    remove_debris,
+    settled_merchants,
+)
 from flows.clock import Clock, wall_clock
 from flows.context import settings_in_use
 from flows.outcome import Kind, classify
@@ -89,73 +105,133 @@ def load_batch(
     now: Clock = wall_clock,
     refetch: bool = False,
 ) -> list[str]:
-    """Fetch and load each merchant's trade bill of ``bill_date`` (one transaction per merchant-day), recording
-    every outcome; return the merchants whose bill is not ready yet and whose deadline has not passed."""
-    logger = get_run_logger()
-    archive = BillArchive(settings.archive_root)
+    """Fetch and load each merchant's trade bill of ``bill_date``, recording every outcome; return the merchants
+    whose bill is not ready yet and whose deadline has not passed.
+
+    One merchant: its bill loads while it downloads (:func:`flows.bills.ingest_bill`). Several: each bill is
+    fetched into the archive first; the small ones then load together, ``bills_per_transaction`` at a time, in
+    one transaction (:func:`flows.bills.load_fetched`), a large one alone once it is in the archive; if a batch
+    is refused (a bill that is not clean), its bills load one by one, where each error names file, line and
+    field."""
+    unit = _Unit(con, settings, bill_date, run_id, now)
     settled = set() if refetch else settled_merchants(con, TRADE_BILL, bill_date)
-    waiting = []
-    for mchid in mchids:
-        if mchid in settled:
-            continue
+    todo = [mchid for mchid in mchids if mchid not in settled]
+    small: list[Fetched] = []
+    for mchid in todo:
         merchant = settings.merchant(mchid)
-        with _first_lock:
-            first_try = _first_tries.setdefault((mchid, bill_date, run_id), now())
-        try:
-            result = _ingest(con, settings, merchant, archive, bill_date, run_id)
-        except BillNotReadyError as exc:
-            waited = (now() - first_try).total_seconds()
-            late = waited >= settings.bill_ready_deadline.total_seconds()
-            detail = f"not ready after {waited:.0f} s" if late else f"{exc}"
-            record_bill_fetch(
-                con, mchid, TRADE_BILL, bill_date, "not_ready", detail=detail, run_id=run_id, problem=Kind.LATE.value
-            )
-            if late:
-                logger.warning("bill of %s for %s %s: late", mchid, bill_date, detail)
-            else:
-                waiting.append(mchid)
+        if len(todo) == 1:
+            unit.logged(unit.attempt(mchid, partial(_ingest, con, settings, merchant, unit.archive, bill_date, run_id)))
             continue
+        fetched = unit.attempt(mchid, partial(_fetch, settings, merchant, unit.archive, bill_date))
+        if fetched is not None and batchable(fetched):
+            small.append(fetched)
+        elif fetched is not None:
+            unit.logged(unit.attempt(mchid, partial(unit.load_alone, fetched)))
+        if len(small) >= settings.bills_per_transaction:  # committed as it goes: a unit that dies loses little
+            unit.load_together(small)
+            small = []
+    if small:
+        unit.load_together(small)
+    return unit.waiting
+
+
+class _Unit:
+    """The merchants of one unit: each one's work attempted, what went wrong recorded."""
+
+    def __init__(self, con, settings: Settings, bill_date: date, run_id: str, now: Clock):
+        self.con, self.settings, self.bill_date, self.run_id, self.now = con, settings, bill_date, run_id, now
+        self.archive = BillArchive(settings.archive_root)
+        self.waiting: list[str] = []
+        self.logger = get_run_logger()
+
+    def attempt(self, mchid: str, work: Callable[[], Any]) -> Any:
+        """``work()`` for one merchant: its result, or ``None`` with what went wrong recorded (and the merchant
+        added to :attr:`waiting` when its bill is not ready yet and its deadline has not passed)."""
+        con, bill_date, run_id = self.con, self.bill_date, self.run_id
+        with _first_lock:
+            first_try = _first_tries.setdefault((mchid, bill_date, run_id), self.now())
+        try:
+            return work()
+        except BillNotReadyError as exc:
+            waited = (self.now() - first_try).total_seconds()
+            late = waited >= self.settings.bill_ready_deadline.total_seconds()
+            detail = f"not ready after {waited:.0f} s" if late else f"{exc}"
+            late_kind = Kind.LATE.value
+            record_bill_fetch(con, mchid, TRADE_BILL, bill_date, "not_ready", detail=detail, run_id=run_id,
+                              problem=late_kind)  # fmt: skip
+            if late:
+                self.logger.warning("bill of %s for %s %s: late", mchid, bill_date, detail)
+            else:
+                self.waiting.append(mchid)
         except Exception as exc:
             kind = classify(exc)
             detail = f"{type(exc).__name__}: {exc}"[:1000]
-            record_bill_fetch(
-                con, mchid, TRADE_BILL, bill_date, "failed", detail=detail, run_id=run_id, problem=kind.value
-            )
-            logger.error("bill of %s for %s: %s (%s)", mchid, bill_date, detail, kind.value)
-            continue
-        if result.load is not None:
-            logger.info(
+            record_bill_fetch(con, mchid, TRADE_BILL, bill_date, "failed", detail=detail, run_id=run_id,
+                              problem=kind.value)  # fmt: skip
+            self.logger.error("bill of %s for %s: %s (%s)", mchid, bill_date, detail, kind.value)
+        return None
+
+    def logged(self, result: IngestResult | None) -> None:
+        if result is not None and result.load is not None:
+            load = result.load
+            self.logger.info(
                 "bill of %s for %s: %d rows loaded (%s path, %.2f s), sha1 %s",
-                mchid,
-                bill_date,
-                result.load.row_count,
-                result.load.loader,
-                result.load.seconds,
-                result.load.archive_sha1,
+                *(result.mchid, result.bill_date, load.row_count, load.loader, load.seconds, load.archive_sha1),
             )
-    return waiting
+
+    def load_alone(self, fetched: Fetched) -> IngestResult:
+        load = partial(load_archived, self.con, self.archive, fetched, memory_limit=None, run_id=self.run_id)
+        return _conflicts_retried(fetched.mchid, load)
+
+    def load_together(self, small: list[Fetched]) -> None:
+        """The small bills in one transaction; one by one if the batch is refused."""
+        started = time.perf_counter()
+        try:
+            batch = partial(load_fetched, self.con, self.archive, small, run_id=self.run_id)
+            results = _conflicts_retried(f"{len(small)} merchants", batch)
+        except BatchRefused as exc:
+            self.logger.info("%d bills could not load together (%s): loading them one by one", len(small), exc)
+            for fetched in small:
+                self.logged(self.attempt(fetched.mchid, partial(self.load_alone, fetched)))
+            return
+        except Exception as exc:  # the warehouse or its disk: each merchant's outcome says so
+            for fetched in small:
+                self.attempt(fetched.mchid, partial(_raise, exc))
+            return
+        loaded = [r.load for r in results if r.load is not None]
+        self.logger.info(
+            "bills of %d merchants for %s: %d rows loaded in one transaction (%d days without trades), %.2f s",
+            *(len(results), self.bill_date, sum(load.row_count for load in loaded), len(results) - len(loaded)),
+            time.perf_counter() - started,
+        )
+
+
+def _raise(exc: BaseException) -> NoReturn:
+    raise exc
+
+
+def _fetch(settings: Settings, merchant: MerchantConfig, archive: BillArchive, bill_date: date) -> Fetched:
+    client = CLIENTS.client(merchant, settings.api_base_url)
+    return fetch_to_archive(client, archive, BillRequest.trade(bill_date), url_lifetime=settings.bill_url_lifetime)
 
 
 def _ingest(con, settings: Settings, merchant: MerchantConfig, archive: BillArchive, bill_date: date, run_id: str):
-    """One merchant-day, tried again when a DuckLake commit lost a race with another writer of its tables."""
+    """One merchant-day, loaded while it downloads (the limit of the load's memory is the warehouse opener's)."""
     client = CLIENTS.client(merchant, settings.api_base_url)
+    request = BillRequest.trade(bill_date)
+    limits = {"url_lifetime": settings.bill_url_lifetime, "memory_limit": None, "run_id": run_id}
+    return _conflicts_retried(merchant.mchid, partial(ingest_bill, con, client, archive, request, **limits))
+
+
+def _conflicts_retried(what: str, load: Callable[[], Any]) -> Any:
+    """``load()``, tried again when a DuckLake commit lost a race with another writer of its tables."""
     for attempt in range(CONFLICT_RETRIES + 1):
         try:
-            return ingest_bill(
-                con,
-                client,
-                archive,
-                BillRequest.trade(bill_date),
-                url_lifetime=settings.bill_url_lifetime,
-                memory_limit=None,  # whoever opened the warehouse holds the load limit
-                run_id=run_id,
-            )
+            return load()
         except duckdb.Error as exc:
             if not is_conflict(exc) or attempt == CONFLICT_RETRIES:
                 raise
-            get_run_logger().info(
-                "bill of %s: a concurrent commit won; loading again (%d)", merchant.mchid, attempt + 1
-            )
+            get_run_logger().info("bills of %s: a concurrent commit won; loading again (%d)", what, attempt + 1)
     raise AssertionError("unreachable")
 
 

@@ -298,6 +298,7 @@ class Settings(BaseSettings):
     bill_retry_seconds: float = Field(default=600.0, gt=0)  # first wait after "not ready yet"; doubles, max 30 min
     concurrency: int = Field(default=2, ge=1, le=16)  # units of merchants loading at once in the nightly's process
     bills_batch_size: int = Field(default=50, ge=1, le=10_000)  # merchants per unit (one Prefect task or flow run)
+    bills_per_transaction: int = Field(default=200, ge=1, le=10_000)  # a unit's small bills loaded together, at most
     bills_deployment: str | None = None  # "load-bills/bills-worker": units run on a work pool's workers (DuckLake)
     bills_unit_timeout: float = Field(default=3600.0, gt=0)  # s a unit may work on a worker (beyond its bills' wait)
     # the exception workbench (README "The exception workbench")

@@ -3,6 +3,8 @@ records in a real PostgreSQL server, alerts to a local webhook, and the failure 
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import threading
 from datetime import timedelta
@@ -19,6 +21,9 @@ from flows.sources import LocalOrdersSource
 from flows.warehouse import connect
 from tests.conftest import INITIATOR
 from tests.recon_scenario import P0, D, World, at
+from tests.test_batch import with_bad_value
+from tests.test_billfile import spec_example_rows
+from wxpay.sim.billrender import render_trade_bill
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -529,3 +534,30 @@ def outcome_report(settings):
         return day_report(con, D, settings.mchids, top=5)
     finally:
         con.close()
+
+
+def test_a_bill_that_is_not_clean_fails_alone_and_the_rest_of_its_unit_loads(world, tmp_path, inbox):
+    """Small bills load together; a batch holding a bad one is loaded again one by one, so only that merchant
+    fails, with its file, line and field named."""
+    quiet = D - timedelta(days=2)
+    bad = INITIATOR
+    data = with_bad_value(render_trade_bill(spec_example_rows()))
+    path = tmp_path / "bad.csv.gz"
+    path.write_bytes(gzip.compress(data))
+    world.sim.bills.publish_file(bad, quiet, path, hashlib.sha1(data).hexdigest())
+    settings = settings_for(world, tmp_path, inbox)
+    with using(settings, clock=world.sim.clock.now):
+        outcome = run_day(quiet)
+    assert [p.mchid for p in outcome.problems if p.mchid] == [bad]
+    problem = next(p for p in outcome.problems if p.mchid)
+    assert "BillFormatError" in problem.text
+    assert ".csv.gz:2 [应结订单金额]" in problem.text
+    assert sorted(outcome.empty) == sorted(m for m in settings.mchids if m != bad)
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        logged = con.execute(
+            "select mchid, outcome from raw.bill_fetch_log where bill_date = ? order by mchid", [quiet]
+        ).fetchall()
+    finally:
+        con.close()
+    assert logged == sorted([(bad, "failed")] + [(m, "no_statement") for m in settings.mchids if m != bad])

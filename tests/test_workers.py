@@ -86,6 +86,7 @@ class Night:
             WXRECON_DUCKLAKE=json.dumps(settings),
             WXRECON_BILLS_DEPLOYMENT="load-bills/bills-worker",
             WXRECON_BILLS_BATCH_SIZE=str(BATCH),
+            WXRECON_BILLS_PER_TRANSACTION="3",  # a unit commits every three merchants' bills
             PREFECT_WORKER_QUERY_SECONDS="1",
             **extra,
         )
@@ -166,7 +167,8 @@ def parent_of(pid: int) -> int:
 def test_a_worker_killed_mid_merchant_leaves_that_merchant_absent_and_a_rerun_completes_it(night):
     """A merchant's bill download hangs halfway (the simulator's ``stall``) and the worker loading it is killed
     with kill -9, its flow run with it: that merchant's day is absent (nothing half-written), the merchants
-    loaded before it and the other unit's are committed, the nightly gives the lost unit up (its unloaded
+    loaded before it (a unit commits every ``bills_per_transaction`` bills, three here) and the other unit's are
+    committed, the nightly gives the lost unit up (its unloaded
     merchants failed, exit 10) instead of waiting forever, and a re-run on a replacement worker completes the
     day without loading anything twice."""
     from flows.settings import load_settings

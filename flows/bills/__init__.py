@@ -4,7 +4,8 @@ The story in modules: ``fetcher`` applies for a bill and downloads it (verified)
 ``archive``, or loads it while it downloads; ``loader`` is the streamed load (the bill cut into
 ``parts`` that DuckDB reads while the rest arrives); ``exactpath`` is the load that names file,
 line and field of anything that is not a clean bill; ``lineage`` is what both loads write alike
-(the day replaced in one transaction, the summary checked, ``raw.bill_loads``); ``manual`` loads a bill
+(the day replaced in one transaction, the summary checked, ``raw.bill_loads``); ``batch`` loads the small
+bills of many merchants in one transaction (a night of thousands of tiny bills); ``manual`` loads a bill
 downloaded by hand from the merchant portal (the same checks, lineage ``manual``); ``debris`` removes
 what a crashed load left (staging parts, archive temporary files) at the next start.
 """
@@ -12,6 +13,7 @@ what a crashed load left (staging parts, archive temporary files) at the next st
 from __future__ import annotations
 
 from flows.bills.archive import ArchivedBill, BillArchive
+from flows.bills.batch import SMALL_BILL_BYTES, BatchRefused, batchable, load_fetched
 from flows.bills.debris import DEBRIS_MIN_AGE, Debris, remove_debris
 from flows.bills.fetcher import (
     Fetched,
@@ -20,6 +22,7 @@ from flows.bills.fetcher import (
     ingest_bill,
     load_archived,
     record_bill_fetch,
+    record_bill_fetches,
     settled_merchants,
 )
 from flows.bills.lineage import PARSER_VERSION, LoadResult
@@ -30,7 +33,9 @@ __all__ = [
     "DEBRIS_MIN_AGE",
     "PARSER_VERSION",
     "PART_LINES",
+    "SMALL_BILL_BYTES",
     "ArchivedBill",
+    "BatchRefused",
     "BillArchive",
     "Debris",
     "Fetched",
@@ -38,13 +43,16 @@ __all__ = [
     "LoadResult",
     "ManualBillError",
     "ManualLoad",
+    "batchable",
     "fetch_to_archive",
     "ingest_bill",
     "load_archived",
     "load_bill",
     "load_bill_stream",
+    "load_fetched",
     "load_manual_bill",
     "record_bill_fetch",
+    "record_bill_fetches",
     "remove_debris",
     "settled_merchants",
 ]

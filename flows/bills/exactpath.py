@@ -61,18 +61,23 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
-def read_csv_sql(path: Path, header: BillHeader, *, compression: str, skip: bool = False, rejects: str = "") -> str:
+def read_csv_sql(
+    path: Path, header: BillHeader, *, compression: str, skip: bool = False, rejects: str = "", keyed: bool = False
+) -> str:
     """DuckDB's ``read_csv`` of bill lines: columns ``c000``... all VARCHAR, cut at the two-byte delimiter ``,```.
 
     The delimiter also strips the backticks of every value but the first. ``skip`` skips the
     header line; ``rejects`` stores the lines that do not fit in ``temp.<rejects>`` (and ``_scan``).
+    ``keyed``: each line starts with two more values, ``bk`` (a bill's number in a batch) and ``ln``
+    (the line's number in its bill), and lines end in LF, as :mod:`flows.bills.batch` stages them.
     """
-    spec = ", ".join(f"'c{i:03d}': 'VARCHAR'" for i in range(len(header.titles)))
+    keys = ["'bk': 'INTEGER'", "'ln': 'BIGINT'"] if keyed else []
+    spec = ", ".join(keys + [f"'c{i:03d}': 'VARCHAR'" for i in range(len(header.titles))])
     q = quote_literal
     stored = f", store_rejects = true, rejects_table = {q(rejects)}, rejects_scan = {q(rejects + '_scan')}"
     return (
         f"read_csv({q(str(path))}, columns = {{{spec}}}, delim = ',`', quote = '', escape = '', header = false,"
-        f"{' skip = 1,' if skip else ''} auto_detect = false, new_line = {q(_NEWLINES[header.crlf])},"
+        f"{' skip = 1,' if skip else ''} auto_detect = false, new_line = {q(_NEWLINES[header.crlf and not keyed])},"
         f" compression = {q(compression)}{stored if rejects else ''})"
     )
 

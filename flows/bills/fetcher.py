@@ -16,7 +16,7 @@ and every other failure propagate as the :mod:`wxpay` exceptions they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -39,6 +39,9 @@ from wxpay.bills import (
 )
 from wxpay.client import Client
 from wxpay.errors import BillDownloadError, BillTruncatedError, NoStatementError, TransportError
+
+NO_STATEMENT = "NO_STATEMENT_EXIST: no trades that day"
+"""What ``raw.bill_fetch_log`` says of a day without a statement."""
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,24 @@ def record_bill_fetch(
     """Remember what asking for a bill gave: ``loaded``, ``no_statement`` (an empty day), ``not_ready``, ``failed``
     (appended to ``raw.bill_fetch_log``; ``raw.bill_fetches`` shows the latest per bill). ``run_id`` is the night
     that asked, ``problem`` the kind of a failure (:mod:`flows.outcome`)."""
-    if outcome not in ("loaded", "no_statement", "not_ready", "failed"):
-        raise ValueError(f"unknown bill fetch outcome {outcome!r}")
+    record_bill_fetches(
+        con, [(mchid, bill_type, bill_date, outcome, detail, archive_sha1, datetime.now(UTC), run_id, problem)]
+    )
+
+
+def record_bill_fetches(con: duckdb.DuckDBPyConnection, records: Sequence[tuple]) -> None:
+    """:func:`record_bill_fetch` of many in one statement: each record is (mchid, bill_type, bill_date, outcome,
+    detail, archive_sha1, fetched_at, run_id, problem)."""
+    for record in records:
+        if record[3] not in ("loaded", "no_statement", "not_ready", "failed"):
+            raise ValueError(f"unknown bill fetch outcome {record[3]!r}")
+    if not records:
+        return
+    marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(records))
     con.execute(
-        "insert into raw.bill_fetch_log (mchid, bill_type, bill_date, outcome, detail, archive_sha1, fetched_at,"
-        " run_id, problem) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [mchid, bill_type, bill_date, outcome, detail, archive_sha1, datetime.now(UTC), run_id, problem],
+        "insert into raw.bill_fetch_log (mchid, bill_type, bill_date, outcome, detail, archive_sha1, fetched_at,"  # noqa: S608
+        f" run_id, problem) values {marks}",
+        [value for record in records for value in record],
     )
 
 
@@ -174,7 +189,7 @@ def load_archived(
             fetched.bill_type,
             fetched.bill_date,
             "no_statement",
-            detail="NO_STATEMENT_EXIST: no trades that day",
+            detail=NO_STATEMENT,
             run_id=run_id,
         )
         return IngestResult(fetched.mchid, fetched.bill_type, fetched.bill_date, "no_statement")

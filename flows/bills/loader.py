@@ -233,7 +233,7 @@ def _load_streamed(
         try:
             with transaction(con):
                 replaced = clear_day(con, load)
-                sql = _streamed_insert(header, load.rows_table)
+                sql = streamed_insert(header, load.rows_table)
                 row_count = 0
                 while parts := staging.take():
                     row_count += _insert_parts(con, sql, parts, header, load.lineage)
@@ -279,12 +279,14 @@ def _fast_value(col: Column, v: str) -> str:
     return v
 
 
-def _streamed_insert(header: BillHeader, table: str) -> str:
+def streamed_insert(header: BillHeader, table: str, lineage: str = "?, ?, ?, ?") -> str:
     """The INSERT of the streamed path, with ``{parts}`` where the numbered part readers go.
 
     ``ok`` is one regular expression over the row's typed values (and the first value's
     backtick): one call per row instead of one per value. A row that fails it, or a cast that
-    fails, fails the statement; the exact path then finds and names the value.
+    fails, fails the statement; the exact path then finds and names the value. ``lineage`` is the
+    SQL of ``bill_mchid, bill_type, bill_date, archive_sha1`` (parameters, or columns of the parts:
+    :mod:`flows.bills.batch`).
     """
     checked, patterns = [], []
     for i, col in enumerate(header.columns):
@@ -301,7 +303,7 @@ def _streamed_insert(header: BillHeader, table: str) -> str:
     ok = f"regexp_full_match(concat({joined}), {quote_literal(_SEPARATOR.join(patterns))})"
     return (
         f"insert into {table} (bill_mchid, bill_type, bill_date, archive_sha1, line_no, {', '.join(targets)})\n"  # noqa: S608
-        f"select ?, ?, ?, ?, if(ok, line_no, error('{ERROR_TAG}: a value does not fit')), {', '.join(exprs)}\n"
+        f"select {lineage}, if(ok, line_no, error('{ERROR_TAG}: a value does not fit')), {', '.join(exprs)}\n"
         f"from (select *, {ok} as ok from ({{parts}}))"
     )
 
