@@ -111,6 +111,7 @@ def test_nonce_shape():
     nonces = {new_nonce() for _ in range(50)}
     assert len(nonces) == 50
     assert all(len(n) == 32 and n.isalnum() and n.isascii() for n in nonces)
+    assert all(len(new_nonce(n)) == n for n in (1, 16, 31))
 
 
 def test_unreadable_private_key_error_does_not_quote_the_key(key):

