@@ -1,12 +1,13 @@
 """Benchmark: a night of N merchants through the real nightly — the DuckDB file vs DuckLake with 1 and 2 workers.
 
-    .venv-lake/bin/python bench/nightly.py [--merchants 30,300,3000] [--configs file,lake1,lake2] [--seed 7]
+    .venv-lake/bin/python bench/nightly.py [--merchants 30,300,3000] [--configs file,lake1,lake2] [--seed 7] [--small]
 
 What runs, per N (the data are cached under ``var/bench/nightly/``):
 
 * a day of combine orders spanning the merchants (two sub orders each, for two different merchants), so that
-  each merchant's trade bill has 30 to 3,000 rows (most 30, some 300, a few 3,000), rendered as WeChat Pay
-  prints them; the shop's own records of the same orders (a few amounts edited, so there are exceptions);
+  each merchant's trade bill has 30 to 3,000 rows (most 30, some 300, a few 3,000; with ``--small`` every one
+  30: what a small merchant costs), rendered as WeChat Pay prints them; the shop's own records of the same
+  orders (a few amounts edited, so there are exceptions);
 * the simulator as its own process (``python -m wxpay.sim serve --shared-keys``), every bill published to it;
 * the real nightly (``flows.nightly.run_day``) in a process of its own, for each configuration:
   ``file`` — the DuckDB file, units in the nightly's process (``.venv``: DuckDB 2.0, the default install);
@@ -50,7 +51,9 @@ SIZES = ((0.80, 30), (0.15, 300), (0.05, 3000))  # share of merchants, bill rows
 # --- data -------------------------------------------------------------------------------------------
 
 
-def bill_rows_per_merchant(n: int, rng: random.Random) -> list[int]:
+def bill_rows_per_merchant(n: int, rng: random.Random, small: bool = False) -> list[int]:
+    if small:  # every merchant a small one: what a small merchant costs, without the large bills' rows
+        return [SIZES[0][1]] * n
     sizes = []
     for _ in range(n):
         draw = rng.random()
@@ -64,9 +67,9 @@ def bill_rows_per_merchant(n: int, rng: random.Random) -> list[int]:
     return sizes
 
 
-def generate(n: int, seed: int) -> Path:
+def generate(n: int, seed: int, small: bool = False) -> Path:
     """Bills and the shop's records for ``n`` merchants (cached); returns the folder."""
-    folder = CACHE / f"n{n}-s{seed}"
+    folder = CACHE / f"n{n}-s{seed}{'-small' if small else ''}"
     if (folder / "manifest.json").is_file():
         return folder
     import pyarrow as pa
@@ -80,7 +83,7 @@ def generate(n: int, seed: int) -> Path:
     rng = random.Random(seed)
     mchids = [str(1900000100 + i) for i in range(n)]
     rates = {m: ("0.60%", "0.38%", "0.54%")[i % 3] for i, m in enumerate(mchids)}
-    wanted = dict(zip(mchids, bill_rows_per_merchant(n, rng), strict=True))
+    wanted = dict(zip(mchids, bill_rows_per_merchant(n, rng, small), strict=True))
     rows: dict[str, list[dict]] = {m: [] for m in mchids}
     local: list[dict] = []
     open_rows = [m for m in mchids for _ in range(wanted[m])]
@@ -423,6 +426,7 @@ def main() -> None:
     parser.add_argument("--merchants", default="30,300,3000")
     parser.add_argument("--configs", default="file,lake1,lake2")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--small", action="store_true", help=f"every bill {SIZES[0][1]} rows (a small merchant's cost)")
     parser.add_argument("--file-python", default=str(REPO / ".venv" / "bin" / "python"))
     parser.add_argument("--lake-python", default=str(REPO / ".venv-lake" / "bin" / "python"))
     args = parser.parse_args()
@@ -435,7 +439,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         services = stack.enter_context(lake_services(workdir, args.lake_python))
         for n in sizes:
-            data = generate(n, args.seed)
+            data = generate(n, args.seed, args.small)
             rows[n] = json.loads((data / "manifest.json").read_text())["rows"]
             found = {}
             for name in configs:

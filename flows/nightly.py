@@ -3,9 +3,10 @@
 ``reconcile_day(bill_date)`` (default: yesterday, Beijing time, by the run's clock) refuses a day that
 is not over yet, then runs, in order:
 
-1. per merchant, in parallel (``settings.concurrency``): apply for the trade bill and load it while
-   it downloads into the archive (:func:`flows.bills.ingest_bill`: one transaction per (merchant,
-   day), committed once the SHA-1 matched). "Not ready yet" is a Prefect task retry with backoff
+1. the merchants in units (:mod:`flows.fanout`; ``settings.concurrency`` at a time, or on a work pool's
+   workers): apply for each trade bill, download it verified into the archive and load it, the small
+   bills of a unit together (:func:`flows.bills.load_fetched`), each (merchant, day) whole or absent,
+   committed once its SHA-1 and summary matched. "Not ready yet" is a Prefect task retry with backoff
    (``bill_retry_seconds``, doubling, at most 30 min apart), visible in the UI and holding no
    thread of ours, until the merchant's own deadline (``bill_ready_deadline_hours`` from when its
    work started), then the bill is late. Other errors are retried only when WeChat Pay says a

@@ -275,6 +275,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, toml_file=None
     )
+    _by_mchid: tuple[list, dict[str, MerchantConfig]] | None = PrivateAttr(default=None)  # merchant() by mchid
 
     api_base_url: str = DEFAULT_BASE_URL
     merchants: list[MerchantConfig] = Field(min_length=1)
@@ -436,10 +437,13 @@ class Settings(BaseSettings):
         return timedelta(hours=self.bill_ready_deadline_hours)
 
     def merchant(self, mchid: str) -> MerchantConfig:
-        for merchant in self.merchants:
-            if merchant.mchid == mchid:
-                return merchant
-        raise SettingsError(f"merchant {mchid} is not configured (merchants: {', '.join(self.mchids)})")
+        index = self._by_mchid
+        if index is None or index[0] is not self.merchants:  # built once (a copy with other merchants builds anew)
+            index = self._by_mchid = (self.merchants, {m.mchid: m for m in self.merchants})
+        found = index[1].get(mchid)
+        if found is None:
+            raise SettingsError(f"merchant {mchid} is not configured (merchants: {', '.join(self.mchids)})")
+        return found
 
     @property
     def mchids(self) -> list[str]:
