@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from flows.bills import BatchRefused, BillArchive, Fetched, load_archived, load_fetched
+from flows.bills import BatchRefused, BillArchive, Fetched, load_archived, load_fetched, load_manual_bill
 from flows.warehouse import connect, migrate
 from tests.test_billfile import spec_example_rows
 from wxpay.billfile import HEADERS, BillKind
@@ -133,3 +133,24 @@ def test_a_batch_is_one_day_of_one_bill_type_one_bill_per_merchant(tmp_path):
         load_fetched(con, archive, [fetched[0], fetched[0]])
     assert load_fetched(con, archive, []) == []
     assert con.execute("select count(*) from raw.bill_loads").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("portal_crlf", "event"), [(True, "confirmed_by_api"), (False, "replaced_by_api")])
+def test_a_day_loaded_by_hand_is_confirmed_or_replaced_by_the_batch(tmp_path, portal_crlf, event):
+    mchid = "1900000109"  # the merchant of the spec's rows (a manual bill must hold only its own)
+    api_bill = render_trade_bill(spec_example_rows())
+    portal = tmp_path / "portal.csv"  # the same rows; with other line ends it is another file
+    portal.write_bytes(render_trade_bill(spec_example_rows(), crlf=portal_crlf))
+    archive, fetched = fetched_bills(tmp_path, {mchid: api_bill, "1900000202": variants()["1900000202"]})
+    con = warehouse(tmp_path / "w.duckdb")
+    manual = load_manual_bill(con, archive, portal, mchid=mchid, bill_date=DAY, loaded_by="li.wei").archived.sha1
+    load_fetched(con, archive, fetched, run_id="night")
+    api = fetched[0].archived.sha1
+    assert (manual == api) is portal_crlf
+    events = con.execute(
+        "select mchid, event, archive_sha1, previous_sha1, actor from raw.bill_load_events order by event_at, event"
+    ).fetchall()
+    assert events == [(mchid, "loaded_manual", manual, None, "li.wei"), (mchid, event, api, manual, "wxrecon")]
+    assert con.execute("select archive_sha1, lineage, row_count from raw.bill_loads where mchid = ?", [mchid]) \
+        .fetchall() == [(api, "api", 3)]  # fmt: skip
+    assert con.execute("select count(*) from raw.trade_bill_rows where bill_mchid = ?", [mchid]).fetchone() == (3,)
