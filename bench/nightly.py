@@ -17,7 +17,8 @@ What runs, per N (the data are cached under ``var/bench/nightly/``):
 
 Printed per run: wall seconds of the night and of its fetch-and-load step, CPU ms per merchant on the
 pipeline's side (the nightly's process and the workers with their flow runs; the simulator's and the Prefect
-server's own CPU are measured and shown apart, never counted), peak RSS, bill rows loaded per second; then
+server's own CPU are measured and shown apart, never counted), peak RSS, bill rows loaded per second, how
+many of the machine's cores were busy during the fetch-and-load step (every process: ``/proc/stat``); then
 the speed-up of the second worker and the growth of the CPU per merchant from the smallest N to the largest.
 Gate: every configuration of an N must find the same classes and totals (else the run is not a result).
 """
@@ -170,6 +171,13 @@ def cpu_of(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def host_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process) since boot: ``/proc/stat``."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_of(pid: int) -> int:
     """Peak resident memory (VmHWM) of a process, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -252,7 +260,7 @@ def night(config: Path, out: Path) -> None:
 
     def hook(event: str, done: int, total: int) -> None:
         if event.startswith("step: "):
-            marks.setdefault(event.removeprefix("step: "), (time.perf_counter(), time.process_time()))
+            marks.setdefault(event.removeprefix("step: "), (time.perf_counter(), time.process_time(), host_busy()))
 
     nightly.progress_hook = hook
     profile = os.environ.get("BENCH_PROFILE")  # a file for cProfile's stats of the night
@@ -262,9 +270,9 @@ def night(config: Path, out: Path) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    started = (time.perf_counter(), time.process_time())
+    started = (time.perf_counter(), time.process_time(), host_busy())
     outcome = nightly.run_day(DAY)
-    ended = (time.perf_counter(), time.process_time())
+    ended = (time.perf_counter(), time.process_time(), host_busy())
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -275,6 +283,7 @@ def night(config: Path, out: Path) -> None:
         "cpu": ended[1] - started[1],
         "fetch_wall": steps[fetch + 1][1][0] - steps[fetch][1][0] if fetch is not None else None,
         "fetch_cpu": steps[fetch + 1][1][1] - steps[fetch][1][1] if fetch is not None else None,
+        "fetch_host": steps[fetch + 1][1][2] - steps[fetch][1][2] if fetch is not None else None,
         "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "classes": outcome.classes,
         "loaded": len(outcome.loaded),
@@ -387,17 +396,19 @@ def run_config(name: str, n: int, data: Path, workdir: Path, pythons: dict[str, 
 
 def report(results: list[dict], rows: dict[int, int]) -> None:
     print(f"{'N':>6} {'config':<7} {'wall s':>8} {'fetch s':>8} {'CPU ms per merchant':>20} {'(sim ms)':>9}"
-          f" {'peak RSS MB':>12} {'rows/s':>9} {'exceptions':>10}")  # fmt: skip
+          f" {'peak RSS MB':>12} {'rows/s':>9} {'exceptions':>10} {'cores busy':>10}")  # fmt: skip
     for r in results:
         pipeline = (r["cpu"] + r["worker_cpu"]) / r["n"] * 1000
         rss = max(r["maxrss"], r["worker_rss"]) / 1e6
         fetch = r["fetch_wall"] or r["wall"]
         exceptions = sum(v for k, v in r["classes"].items() if k != "matched")
         sim = r["sim_cpu"] / r["n"] * 1000
+        busy = r["fetch_host"] / fetch if r.get("fetch_host") is not None else float("nan")
         print(
             f"{r['n']:>6} {r['name']:<7} {r['wall']:>8.1f} {fetch:>8.1f} {pipeline:>20.1f} {sim:>9.1f}"
-            f" {rss:>12.0f} {rows[r['n']] / fetch:>9.0f} {exceptions:>10}"
+            f" {rss:>12.0f} {rows[r['n']] / fetch:>9.0f} {exceptions:>10} {busy:>10.2f}"
         )
+    print(f"(cores busy: of the machine's {os.cpu_count()}, on average over the fetch-and-load step, every process)")
     by = {(r["n"], r["name"]): r for r in results}
     for n in sorted(rows):
         if (n, "lake1") in by and (n, "lake2") in by:

@@ -43,6 +43,7 @@ from flows.bills import (
     load_archived,
     load_fetched,
     record_bill_fetch,
+    reload_doubled,
     remove_debris,
     settled_merchants,
 )
@@ -181,7 +182,7 @@ class _Unit:
 
     def load_alone(self, fetched: Fetched) -> IngestResult:
         load = partial(load_archived, self.con, self.archive, fetched, memory_limit=None, run_id=self.run_id)
-        return _conflicts_retried(fetched.mchid, load)
+        return _undoubled(self.con, self.archive, _conflicts_retried(fetched.mchid, load))
 
     def load_together(self, small: list[Fetched]) -> None:
         """The small bills in one transaction; one by one if the batch is refused."""
@@ -220,7 +221,16 @@ def _ingest(con, settings: Settings, merchant: MerchantConfig, archive: BillArch
     client = CLIENTS.client(merchant, settings.api_base_url)
     request = BillRequest.trade(bill_date)
     limits = {"url_lifetime": settings.bill_url_lifetime, "memory_limit": None, "run_id": run_id}
-    return _conflicts_retried(merchant.mchid, partial(ingest_bill, con, client, archive, request, **limits))
+    return _undoubled(
+        con, archive, _conflicts_retried(merchant.mchid, partial(ingest_bill, con, client, archive, request, **limits))
+    )
+
+
+def _undoubled(con, archive: BillArchive, result: IngestResult) -> IngestResult:
+    """``result``, after its day was loaded again if a concurrent load doubled it (a DuckLake only)."""
+    if result.archived is not None:
+        reload_doubled(con, archive, [result.archived])
+    return result
 
 
 def _conflicts_retried(what: str, load: Callable[[], Any]) -> Any:

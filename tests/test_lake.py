@@ -7,11 +7,13 @@ them there), against real PostgreSQL and an S3 server started by the test set-up
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 
 from flows.alerts import compose, day_report
+from flows.bills import load_fetched
 from flows.finance import Warehouse
 from flows.recon import ReconParams, reconcile
 from flows.settings import AlertConfig
@@ -155,3 +157,46 @@ def test_workbench_actions_and_a_rerun_on_a_lake(tmp_path_factory, merchant_pool
             con.close()
     finally:
         recon_scenario.close(scenario)
+
+
+def test_two_first_loads_of_the_same_days_at_once_leave_each_day_loaded_once(tmp_path, lake):
+    """Two units given the same merchants (one given up while it still ran, and its re-run) load days no one loaded
+    before: both insert and both commit (a lake has no constraints), and the one committing last loads its
+    doubled days again, so each day ends loaded once."""
+    from tests.test_batch import fetched_bills, variants
+
+    archive, fetched = fetched_bills(tmp_path, variants())
+    open_warehouse(lake).close()  # made and migrated
+    both_inserted = threading.Barrier(2, timeout=120)  # neither commits before the other has written everything
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        con = open_warehouse(lake)
+        try:
+            load_fetched(con, archive, fetched, run_id="twice", _after_insert=lambda _: both_inserted.wait())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            con.close()
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == []
+    con = open_warehouse(lake, read_only=True)
+    try:
+        loads = con.execute("select mchid, count(*) from raw.bill_loads group by all order by all").fetchall()
+        rows = con.execute(
+            "select bill_mchid, count(*), count(distinct line_no) from raw.trade_bill_rows group by all order by all"
+        ).fetchall()
+        summaries = con.execute("select count(*), count(distinct bill_mchid) from raw.trade_bill_summaries").fetchone()
+        logged = con.execute("select count(*) from raw.bill_fetch_log where run_id = 'twice'").fetchone()
+    finally:
+        con.close()
+    assert loads == [(f.mchid, 1) for f in fetched]
+    assert rows == [(mchid, n, n) for mchid, n in [(f.mchid, 3) for f in fetched[:3]] + [(fetched[4].mchid, 3),
+                    (fetched[5].mchid, 1)]]  # fmt: skip
+    assert summaries == (len(fetched), len(fetched))
+    assert logged == (2 * len(fetched),)  # both loads are on record

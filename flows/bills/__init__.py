@@ -13,7 +13,7 @@ what a crashed load left (staging parts, archive temporary files) at the next st
 from __future__ import annotations
 
 from flows.bills.archive import ArchivedBill, BillArchive
-from flows.bills.batch import SMALL_BILL_BYTES, BatchRefused, batchable, load_fetched
+from flows.bills.batch import SMALL_BILL_BYTES, BatchRefused, batchable, load_fetched, reload_doubled
 from flows.bills.debris import DEBRIS_MIN_AGE, Debris, remove_debris
 from flows.bills.fetcher import (
     Fetched,
@@ -53,6 +53,7 @@ __all__ = [
     "load_manual_bill",
     "record_bill_fetch",
     "record_bill_fetches",
+    "reload_doubled",
     "remove_debris",
     "settled_merchants",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -37,17 +38,19 @@ from typing import BinaryIO
 
 import duckdb
 
-from flows.bills.archive import BillArchive
+from flows.bills.archive import ArchivedBill, BillArchive
 from flows.bills.exactpath import bill_chunks, is_gzip, read_csv_sql
 from flows.bills.fetcher import NO_STATEMENT, Fetched, IngestResult, record_bill_fetches
-from flows.bills.lineage import PARSER_VERSION, BillLoad, load_result, read_header
-from flows.bills.loader import streamed_insert
+from flows.bills.lineage import PARSER_VERSION, AfterInsert, BillLoad, load_result, read_header
+from flows.bills.loader import load_bill, streamed_insert
 from flows.bills.manual import settle_manual
 from flows.bills.summaries import aggregate
 from flows.storage import storage_fault_in
-from flows.warehouse import transaction
+from flows.warehouse import is_conflict, is_lake, transaction
 from wxpay.billfile import BillHeader, BillSummary, parse_summary
 from wxpay.errors import BillFormatError
+
+_log = logging.getLogger(__name__)
 
 SMALL_BILL_BYTES = 1 << 20
 """A bill of at most this many decompressed bytes (≈3,500 trade rows) joins a batch; a larger one loads alone,
@@ -82,10 +85,12 @@ def load_fetched(
     *,
     run_id: str | None = None,
     staging_dir: str | Path | None = None,
+    _after_insert: AfterInsert | None = None,
 ) -> list[IngestResult]:
     """Load ``fetched`` (bills of one bill type and day, each of another merchant) in one transaction, and record
     each one's outcome in ``raw.bill_fetch_log`` in it; see the module docstring. Raises :class:`BatchRefused`
-    (nothing written) when they cannot all load; a storage or database error propagates, nothing written."""
+    (nothing written) when they cannot all load; a storage or database error propagates, nothing written.
+    ``_after_insert`` is a test hook called inside the transaction once everything is written."""
     if not fetched:
         return []
     if len({(f.bill_type, f.bill_date) for f in fetched}) != 1 or len({f.mchid for f in fetched}) != len(fetched):
@@ -120,8 +125,11 @@ def load_fetched(
                     for f in fetched
                 ],
             )  # fmt: skip
+            if _after_insert is not None:
+                _after_insert(con)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    reload_doubled(con, archive, [bill.fetched.archived for bill in bills if bill.fetched.archived is not None])
     by_mchid = {bill.load.mchid: bill for bill in bills}
     results = []
     for f in fetched:
@@ -143,6 +151,48 @@ def load_fetched(
         results.append(IngestResult(f.mchid, f.bill_type, f.bill_date, "loaded", f.archived, loaded, f.downloaded,
                                     f.attempts))  # fmt: skip
     return results
+
+
+def reload_doubled(
+    con: duckdb.DuckDBPyConnection, archive: BillArchive, bills: Sequence[ArchivedBill], retries: int = 5
+) -> list[str]:
+    """On a DuckLake, load again each of ``bills`` whose day is now loaded twice; return their merchants.
+
+    A DuckLake has no constraints, and writers conflict only when one deleted rows of a table another inserted
+    into meanwhile: two loads of a day that no one loaded before (two units given the same merchant — a unit
+    given up while it still ran, and its re-run) delete nothing, both insert, and both commit. The one
+    committing last sees two loads here, and loads the day again from its archived file: that load deletes
+    both copies and inserts one, and conflicts with any other writer meanwhile (then it is tried again), so
+    the day ends loaded once. A DuckDB file refuses the second load itself (the primary key of
+    ``raw.bill_loads``)."""
+    if not bills or not is_lake(con):
+        return []
+    bill_type, bill_date = bills[0].bill_type, bills[0].bill_date
+    marks = ", ".join("?" * len(bills))
+    doubled = {
+        mchid
+        for (mchid,) in con.execute(
+            f"select mchid from raw.bill_loads where bill_type = ? and bill_date = ? and mchid in ({marks})"  # noqa: S608
+            " group by mchid having count(*) > 1",
+            [bill_type, bill_date, *(bill.mchid for bill in bills)],
+        ).fetchall()
+    }
+    for bill in bills:
+        if bill.mchid not in doubled:
+            continue
+        _log.warning(
+            "%s %s %s was loaded twice by concurrent loads: loading it again", bill.mchid, bill_type, bill_date
+        )
+        for attempt in range(retries + 1):
+            try:
+                label = str(bill.path.relative_to(archive.root))
+                load_bill(con, bill.path, mchid=bill.mchid, bill_date=bill_date, bill_type=bill_type,
+                          archive_sha1=bill.sha1, source_label=label, memory_limit=None)  # fmt: skip
+                break
+            except duckdb.Error as exc:
+                if not is_conflict(exc) or attempt == retries:
+                    raise
+    return sorted(doubled)
 
 
 @contextmanager
