@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any
 
 import duckdb
 import httpx
@@ -165,12 +165,16 @@ class _Unit:
             else:
                 self.waiting.append(mchid)
         except Exception as exc:
-            kind = classify(exc)
-            detail = f"{type(exc).__name__}: {exc}"[:1000]
-            record_bill_fetch(con, mchid, TRADE_BILL, bill_date, "failed", detail=detail, run_id=run_id,
-                              problem=kind.value)  # fmt: skip
-            self.logger.error("bill of %s for %s: %s (%s)", mchid, bill_date, detail, kind.value)
+            self.failed(mchid, exc)
         return None
+
+    def failed(self, mchid: str, exc: Exception) -> None:
+        """Record and log that ``exc`` stopped ``mchid``'s bill, with the kind of problem it is."""
+        kind = classify(exc)
+        detail = f"{type(exc).__name__}: {exc}"[:1000]
+        record_bill_fetch(self.con, mchid, TRADE_BILL, self.bill_date, "failed", detail=detail, run_id=self.run_id,
+                          problem=kind.value)  # fmt: skip
+        self.logger.error("bill of %s for %s: %s (%s)", mchid, self.bill_date, detail, kind.value)
 
     def logged(self, result: IngestResult | None) -> None:
         if result is not None and result.load is not None:
@@ -197,7 +201,7 @@ class _Unit:
             return
         except Exception as exc:  # the warehouse or its disk: each merchant's outcome says so
             for fetched in small:
-                self.attempt(fetched.mchid, partial(_raise, exc))
+                self.failed(fetched.mchid, exc)
             return
         loaded = [r.load for r in results if r.load is not None]
         self.logger.info(
@@ -205,10 +209,6 @@ class _Unit:
             *(len(results), self.bill_date, sum(load.row_count for load in loaded), len(results) - len(loaded)),
             time.perf_counter() - started,
         )
-
-
-def _raise(exc: BaseException) -> NoReturn:
-    raise exc
 
 
 def _fetch(settings: Settings, merchant: MerchantConfig, archive: BillArchive, bill_date: date) -> Fetched:

@@ -89,6 +89,10 @@ class BillArchive:
         name = f"{digest}.csv.gz" if gzip else f"{digest}.csv"
         return ArchivedBill(mchid, bill_type, bill_date, digest, folder / name, gzip)
 
+    def source_label(self, bill: ArchivedBill) -> str:
+        """The bill's path inside the archive: what a load records as its ``source_label``."""
+        return str(bill.path.relative_to(self.root))
+
     def record(self, bill: ArchivedBill, **facts: object) -> None:
         """Merge ``facts`` into the sidecar JSON (written atomically)."""
         data = {**bill.metadata(), **{k: v for k, v in asdict(bill).items() if k != "path"}, **facts}

@@ -185,9 +185,16 @@ def reload_doubled(
         )
         for attempt in range(retries + 1):
             try:
-                label = str(bill.path.relative_to(archive.root))
-                load_bill(con, bill.path, mchid=bill.mchid, bill_date=bill_date, bill_type=bill_type,
-                          archive_sha1=bill.sha1, source_label=label, memory_limit=None)  # fmt: skip
+                load_bill(
+                    con,
+                    bill.path,
+                    mchid=bill.mchid,
+                    bill_date=bill_date,
+                    bill_type=bill_type,
+                    archive_sha1=bill.sha1,
+                    source_label=archive.source_label(bill),
+                    memory_limit=None,
+                )
                 break
             except duckdb.Error as exc:
                 if not is_conflict(exc) or attempt == retries:
@@ -251,7 +258,7 @@ def _read(archive: BillArchive, fetched: Fetched, number: int) -> tuple[_Bill, l
         bill_date=fetched.bill_date,
         bill_type=fetched.bill_type,
         archive_sha1=bill.sha1,
-        source_label=str(bill.path.relative_to(archive.root)),
+        source_label=archive.source_label(bill),
     )
     end = data.find(b"\n")
     lines = bytes(data[end + 1 :]).split(b"\n") if end >= 0 else []

@@ -202,7 +202,7 @@ def load_archived(
         bill_date=fetched.bill_date,
         bill_type=fetched.bill_type,
         archive_sha1=bill.sha1,
-        source_label=str(bill.path.relative_to(archive.root)),
+        source_label=archive.source_label(bill),
         proof=fetched.proof,
         memory_limit=memory_limit,
     )
@@ -274,7 +274,7 @@ def ingest_bill(
             bill_date=day,
             bill_type=label,
             archive_sha1=bill.sha1,
-            source_label=str(bill.path.relative_to(archive.root)),
+            source_label=archive.source_label(bill),
             staging_dir=staging_dir,
             memory_limit=memory_limit,
         )

@@ -167,7 +167,7 @@ def load_manual_bill(
         bill_date=bill_date,
         bill_type=bill_type,
         archive_sha1=sha1,
-        source_label=str(bill.path.relative_to(archive.root)),
+        source_label=archive.source_label(bill),
     )
     with transaction(con):
         con.execute(
